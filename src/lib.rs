@@ -1,0 +1,7 @@
+//! compute-worker: a Codabench compute worker that runs submissions in
+//! rootless youki sandboxes, with no container engine.
+//!
+//! The shape is broker → job → sandbox; images come from the separate
+//! `rootfs-cache` crate.
+
+pub mod sandbox;

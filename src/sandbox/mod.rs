@@ -1,0 +1,1 @@
+//! Rootless sandboxes (work in progress).
