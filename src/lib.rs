@@ -5,3 +5,5 @@
 //! `rootfs-cache` crate.
 
 pub mod sandbox;
+pub mod cli;
+pub mod exec;

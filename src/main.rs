@@ -1,1 +1,36 @@
-fn main() {}
+use clap::Parser;
+
+use compute_worker::cli::{Cli, Cmd, LogFormat};
+
+fn main() {
+    // The sandbox helper must start before anything else: it forks, so it
+    // must stay single-threaded.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__sandbox") {
+        init_logging(LogFormat::Human, "error,libcontainer=off,libcgroups=off");
+        compute_worker::sandbox::helper::main();
+    }
+    let cli = Cli::parse();
+    init_logging(cli.log_format, "info,libcontainer=warn,libcgroups=warn");
+    let code = match cli.command {
+        Cmd::Exec(args) => compute_worker::exec::run(args),
+    };
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("compute-worker: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COMPUTE_WORKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,1 +1,386 @@
-//! Rootless sandboxes (work in progress).
+//! Rootless sandboxes: run one program in a youki (libcontainer) container
+//! as an ordinary user.
+//!
+//! [`Sandbox::start`] spawns the helper process (`compute-worker __sandbox`,
+//! see [`helper`]), gives its user namespace the caller's subordinate ids,
+//! and returns once the program runs. The caller keeps only a socket and the
+//! program's output pipes: no fork happens in the caller, so it may have any
+//! number of threads (tokio included).
+
+pub mod cgroup;
+pub mod helper;
+pub mod idmap;
+mod netns;
+pub mod rundir;
+pub mod spec;
+pub mod types;
+mod wire;
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio as StdStdio};
+
+use thiserror::Error;
+
+pub use cgroup::Delegation;
+pub use idmap::IdMaps;
+pub use types::{exit_code, Bind, Limits, Network, Outcome, RunSpec};
+
+use rundir::RunDir;
+use wire::{fds, Command, Event, Task};
+
+/// The host side of every sandbox: where runs keep their state, which ids
+/// they map, which cgroup subtree they may use.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Run directories live in `<state_dir>/runs`.
+    pub state_dir: PathBuf,
+    /// The delegated cgroup subtree, if the host has one for this user.
+    pub cgroup: Option<Delegation>,
+    /// The `compute-worker` binary (started as the helper).
+    pub helper: PathBuf,
+    pub maps: IdMaps,
+}
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    IdMap(#[from] idmap::IdMapError),
+    #[error("cannot create the run directory under {dir}: {source}")]
+    RunDir { dir: PathBuf, source: io::Error },
+    #[error("cannot start the sandbox helper {exe}: {source}")]
+    Spawn { exe: PathBuf, source: io::Error },
+    #[error("the sandbox helper stopped talking: {0}")]
+    Helper(String),
+    /// The sandbox could not be set up; `code` is the exit code to report.
+    #[error("{message}")]
+    Setup { message: String, code: i32 },
+    #[error("i/o with the sandbox helper: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl SandboxError {
+    /// The exit code `compute-worker exec` reports for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SandboxError::Setup { code, .. } => *code,
+            _ => exit_code::SANDBOX_ERROR,
+        }
+    }
+}
+
+/// Where the program's stdout or stderr goes.
+pub enum Output {
+    /// The caller's own stdout/stderr (no copy through the caller).
+    Inherit,
+    /// Discarded.
+    Null,
+    /// A pipe whose read end is returned in [`Sandbox::stdout`] / [`Sandbox::stderr`].
+    Pipe,
+}
+
+impl SandboxConfig {
+    /// A configuration for the current user: state under `state_dir`, this
+    /// binary as the helper, maps from /etc/subuid and /etc/subgid.
+    pub fn for_current_user(
+        state_dir: PathBuf,
+        cgroup: Option<Delegation>,
+    ) -> Result<Self, SandboxError> {
+        Ok(SandboxConfig {
+            state_dir,
+            cgroup,
+            helper: std::env::current_exe().map_err(|source| SandboxError::Spawn {
+                exe: "/proc/self/exe".into(),
+                source,
+            })?,
+            maps: IdMaps::for_current_user()?,
+        })
+    }
+
+    /// Remove what crashed runs left behind: run directories (whose files
+    /// may belong to subordinate ids, so this enters a user namespace) and
+    /// their cgroups. Returns how many run directories were removed.
+    pub fn clean_stale(&self) -> Result<usize, SandboxError> {
+        let stale = rundir::stale(&self.state_dir);
+        if !stale.is_empty() {
+            let errors = self.remove_as_root(stale.clone())?;
+            if let Some(e) = errors.first() {
+                tracing::warn!(error = %e, "could not remove a stale run directory");
+            }
+        }
+        if let Some(d) = &self.cgroup {
+            d.remove_stale(|id| rundir::is_live(&self.state_dir, id));
+        }
+        Ok(stale.len())
+    }
+
+    /// Delete paths as root of a user namespace with this config's maps.
+    pub fn remove_as_root(&self, paths: Vec<PathBuf>) -> Result<Vec<String>, SandboxError> {
+        let mut h = Helper::spawn(self, &Task::Remove { paths }, None, None, None)?;
+        match h.next_event()? {
+            Event::Removed { errors } => {
+                let _ = h.child.wait();
+                Ok(errors)
+            }
+            other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+/// The helper process and our end of its control socket.
+struct Helper {
+    child: Child,
+    control: UnixStream,
+    events: BufReader<UnixStream>,
+}
+
+impl Helper {
+    /// Start the helper with `task`, map its user namespace, and return
+    /// once it runs as root in it.
+    fn spawn(
+        cfg: &SandboxConfig,
+        task: &Task,
+        stdout: Option<&OwnedFd>,
+        stderr: Option<&OwnedFd>,
+        lock: Option<&File>,
+    ) -> Result<Helper, SandboxError> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let null = File::options().write(true).open("/dev/null")?;
+        // Duplicate every fd we hand over to a high number first, so that
+        // the dup2 calls in the child cannot clobber one another.
+        let handed: Vec<OwnedFd> = [
+            theirs.as_fd(),
+            stdout.map_or(null.as_fd(), |f| f.as_fd()),
+            stderr.map_or(null.as_fd(), |f| f.as_fd()),
+            lock.map_or(null.as_fd(), |f| f.as_fd()),
+        ]
+        .iter()
+        .map(|fd| dup_high(fd.as_raw_fd()))
+        .collect::<io::Result<_>>()?;
+        let raw: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
+        let targets = [fds::CONTROL, fds::STDOUT, fds::STDERR, fds::LOCK];
+
+        let mut cmd = std::process::Command::new(&cfg.helper);
+        cmd.arg("__sandbox")
+            .stdin(StdStdio::null())
+            .stdout(StdStdio::null())
+            .stderr(StdStdio::inherit())
+            // Own process group: a terminal's Ctrl-C reaches the caller,
+            // which then stops the sandbox in order.
+            .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls dup2, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (src, dst) in raw.iter().zip(targets) {
+                    if libc::dup2(*src, dst) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            exe: cfg.helper.clone(),
+            source,
+        })?;
+        drop(handed);
+        drop(theirs);
+
+        let mut h = Helper {
+            child,
+            events: BufReader::new(ours.try_clone()?),
+            control: ours,
+        };
+        wire::send(&mut h.control, task)?;
+        match h.next_event()? {
+            Event::Unshared => {}
+            other => return Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+        }
+        if let Err(e) = cfg.maps.apply(h.child.id()) {
+            let _ = h.child.kill();
+            let _ = h.child.wait();
+            return Err(e.into());
+        }
+        wire::send(&mut h.control, &Command::Mapped)?;
+        Ok(h)
+    }
+
+    fn next_event(&mut self) -> Result<Event, SandboxError> {
+        match wire::recv(&mut self.events)? {
+            Some(Event::Failed { message, code }) => Err(SandboxError::Setup { message, code }),
+            Some(e) => Ok(e),
+            None => {
+                let status = self.child.wait()?;
+                Err(SandboxError::Helper(format!(
+                    "the helper exited ({status}) without reporting"
+                )))
+            }
+        }
+    }
+}
+
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd (or -1) and touches no memory.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd that only we own.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(new) })
+}
+
+fn output_fds(o: &Output) -> io::Result<(Option<File>, Option<OwnedFd>)> {
+    match o {
+        Output::Inherit => Ok((None, None)),
+        Output::Null => Ok((None, Some(File::options().write(true).open("/dev/null")?.into()))),
+        Output::Pipe => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            Ok((Some(File::from(r)), Some(w)))
+        }
+    }
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    helper: Helper,
+    rundir: RunDir,
+    keep_upper: bool,
+    /// The program's pid in the sandbox's outer pid namespace.
+    pub pid: i32,
+    /// Read end of the program's stdout, with [`Output::Pipe`].
+    pub stdout: Option<File>,
+    /// Read end of the program's stderr, with [`Output::Pipe`].
+    pub stderr: Option<File>,
+}
+
+/// Kills a sandbox from another thread.
+pub struct Killer(UnixStream);
+
+impl Killer {
+    /// Kill the whole sandbox now; [`Sandbox::wait`] then returns
+    /// [`Outcome::Killed`]. Harmless once the sandbox has ended.
+    pub fn kill(&self) {
+        let _ = wire::send(&mut &self.0, &Command::Kill);
+    }
+}
+
+impl Sandbox {
+    /// Start `run`. Returns once the program has been started.
+    pub fn start(
+        cfg: &SandboxConfig,
+        run: &RunSpec,
+        stdout: Output,
+        stderr: Output,
+    ) -> Result<Sandbox, SandboxError> {
+        let rundir = RunDir::create(&cfg.state_dir).map_err(|source| SandboxError::RunDir {
+            dir: cfg.state_dir.clone(),
+            source,
+        })?;
+        let (out_r, out_w) = output_fds(&stdout)?;
+        let (err_r, err_w) = output_fds(&stderr)?;
+        let stdout_fd = out_w.map_or_else(|| dup_high(1), Ok)?;
+        let stderr_fd = err_w.map_or_else(|| dup_high(2), Ok)?;
+        let task = Task::Run {
+            run: run.clone(),
+            id: rundir.id.clone(),
+            rundir: rundir.path.clone(),
+            cgroup: cfg.cgroup.clone(),
+        };
+        let started = Helper::spawn(
+            cfg,
+            &task,
+            Some(&stdout_fd),
+            Some(&stderr_fd),
+            Some(&rundir.lock),
+        )
+        .and_then(|mut h| match h.next_event()? {
+            Event::Started { pid } => Ok((h, pid)),
+            other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+        });
+        drop((stdout_fd, stderr_fd));
+        match started {
+            Ok((helper, pid)) => Ok(Sandbox {
+                helper,
+                rundir,
+                keep_upper: run.keep_upper,
+                pid,
+                stdout: out_r,
+                stderr: err_r,
+            }),
+            Err(e) => {
+                finish_rundir(cfg, rundir, false);
+                Err(e)
+            }
+        }
+    }
+
+    /// A handle that kills this sandbox from elsewhere.
+    pub fn killer(&self) -> io::Result<Killer> {
+        Ok(Killer(self.helper.control.try_clone()?))
+    }
+
+    /// The run's upper layer (what it wrote), kept when `keep_upper` was set.
+    pub fn upper_dir(&self) -> PathBuf {
+        self.rundir.upper()
+    }
+
+    /// Wait until the program and everything it started have ended and the
+    /// sandbox is torn down.
+    pub fn wait(mut self, cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+        let result = match self.helper.next_event() {
+            Ok(Event::Finished { outcome }) => Ok(outcome),
+            Ok(other) => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+            Err(e) => Err(e),
+        };
+        let _ = self.helper.child.wait();
+        let crashed = matches!(result, Err(SandboxError::Helper(_)));
+        finish_rundir(cfg, self.rundir, self.keep_upper && !crashed);
+        result
+    }
+}
+
+/// Remove a run directory once its helper is gone (keeping the upper layer
+/// when asked). Leftovers owned by subordinate ids are removed from inside
+/// a user namespace.
+fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool) {
+    let (upper, work, rootfs, bundle, state) = rundir::layout(&dir.path);
+    let mut remove: Vec<PathBuf> = vec![work, rootfs, bundle, state];
+    if !keep_upper {
+        remove.push(upper);
+    }
+    let mut left = Vec::new();
+    for p in remove {
+        if std::fs::remove_dir_all(&p).is_err() && p.exists() {
+            left.push(p);
+        }
+    }
+    if !left.is_empty() {
+        if let Err(e) = cfg.remove_as_root(left) {
+            tracing::warn!(dir = %dir.path.display(), error = %e, "could not remove what a run left");
+        }
+    }
+    if keep_upper {
+        // Marks the directory as kept on purpose, not left by a crash.
+        let _ = std::fs::write(dir.path.join(rundir::KEPT), b"");
+    } else {
+        let _ = std::fs::remove_file(dir.path.join("lock"));
+        let _ = std::fs::remove_dir(&dir.path);
+    }
+}
+
+/// The default state directory: `$XDG_STATE_HOME/compute-worker`, else
+/// `~/.local/state/compute-worker`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("compute-worker");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("/tmp").to_path_buf());
+    home.join(".local/state/compute-worker")
+}

@@ -1,0 +1,162 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sandbox::{Bind, Network};
+
+#[derive(Debug, Parser)]
+#[command(name = "compute-worker", version, about = "Codabench compute worker with rootless sandboxes and no container engine")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "COMPUTE_WORKER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run one command in a rootless sandbox and exit with its exit code.
+    Exec(ExecArgs),
+}
+
+/// Host-side settings every sandbox shares.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Where run directories (overlay upper layers, bundles) live.
+    #[arg(long, env = "COMPUTE_WORKER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A cgroup subtree delegated to this user, as a path inside the cgroup
+    /// hierarchy (e.g. /compute-worker). Without one, limits are off.
+    #[arg(long, env = "COMPUTE_WORKER_CGROUP_PARENT")]
+    pub cgroup_parent: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Root filesystem directory (never modified: writes go to a per-run layer).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Bind a host path: SRC:DST[:ro|:rw] (repeatable).
+    #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+    pub binds: Vec<Bind>,
+    /// Set an environment variable K=V (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long, short = 'w', default_value = "/")]
+    pub workdir: String,
+    /// User inside the sandbox: UID[:GID].
+    #[arg(long, short = 'u', value_parser = parse_user, default_value = "0:0")]
+    pub user: (u32, u32),
+    /// Network: none (only lo) or host.
+    #[arg(long, default_value = "none")]
+    pub network: Network,
+    /// Memory limit, e.g. 512m, 2g (needs a delegated cgroup).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads (needs a delegated cgroup).
+    #[arg(long)]
+    pub pids: Option<i64>,
+    /// cpuset, e.g. 0-1 or 0,2 (needs a delegated cgroup).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Wall-clock time limit, e.g. 30, 30s, 5m, 1h; the whole sandbox is killed then.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Hostname inside the sandbox.
+    #[arg(long, default_value = "sandbox")]
+    pub hostname: String,
+    /// Make the root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Keep what the run wrote (its upper layer) and print where it is.
+    #[arg(long)]
+    pub keep: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("`{s}` is not K=V")),
+    }
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not UID[:GID] (numbers)");
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+}
+
+/// `123`, `64k`, `512m`, `2g` (binary units).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        Some((i, 't')) => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 512m or 2g"))?;
+    if !(n > 0.0) {
+        return Err(format!("`{s}`: a size must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// `30`, `30s`, `1.5m`, `2h`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("`{s}` is not a duration like 30s, 5m or 1h");
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !(n >= 0.0) || !n.is_finite() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1000:5").unwrap(), (1000, 5));
+    }
+}

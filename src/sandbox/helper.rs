@@ -1,0 +1,434 @@
+//! The sandbox helper: the `compute-worker __sandbox` process.
+//!
+//! It is started fresh (fork+exec) for every run, so it is single-threaded
+//! and may fork freely. Its life:
+//!
+//! 1. unshare a user namespace and wait while the caller writes the id maps;
+//! 2. become root in it, unshare mount and pid (and network) namespaces, and
+//!    fork the *keeper*, pid 1 of the new pid namespace;
+//! 3. the keeper mounts the overlay rootfs, creates and starts the container
+//!    with libcontainer, and waits for it, the time limit or a kill request.
+//!
+//! Every process of the sandbox lives in the keeper's pid namespace, so when
+//! the keeper dies (it gets SIGKILL when the helper dies, and it exits when
+//! the caller's end of the control socket closes) the kernel kills them all,
+//! and every mount lives in the keeper's mount namespace, so none outlives it.
+
+use std::fs::{self, File};
+use std::io::BufReader;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+
+use super::cgroup::{self, Delegation};
+use super::spec::{self, CgroupSettings};
+use super::types::{exit_code, Network, Outcome, RunSpec};
+use super::wire::{self, fds, Command, Event, Task};
+
+/// Entry point of `compute-worker __sandbox`. Never returns.
+pub fn main() -> ! {
+    let code = match run_helper() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("compute-worker sandbox helper: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn control_socket() -> UnixStream {
+    // SAFETY: the caller starts us with the control socket on this fd and
+    // nothing else in this process owns it.
+    unsafe { UnixStream::from_raw_fd(fds::CONTROL) }
+}
+
+fn run_helper() -> Result<()> {
+    let mut control = control_socket();
+    let mut reader = BufReader::new(control.try_clone()?);
+    let task: Task = wire::recv(&mut reader)?.context("no task on the control socket")?;
+
+    unshare(CloneFlags::CLONE_NEWUSER).context("unshare(CLONE_NEWUSER)")?;
+    wire::send(&mut control, &Event::Unshared)?;
+    match wire::recv::<Command>(&mut reader)? {
+        Some(Command::Mapped) => {}
+        _ => return Ok(()), // the caller gave up
+    }
+    become_root()?;
+
+    match task {
+        Task::Remove { paths } => {
+            let errors = paths
+                .iter()
+                .filter_map(|p| remove_tree(p).err().map(|e| format!("{}: {e}", p.display())))
+                .collect();
+            wire::send(&mut control, &Event::Removed { errors })?;
+            Ok(())
+        }
+        Task::Run {
+            run,
+            id,
+            rundir,
+            cgroup,
+        } => {
+            let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+            if run.network == Network::None {
+                flags |= CloneFlags::CLONE_NEWNET;
+            }
+            unshare(flags).context("unshare(mount, pid, net namespaces)")?;
+            // SAFETY: this process is single-threaded (a fresh exec of the
+            // binary that has started no threads), so fork is sound.
+            match unsafe { fork() }.context("fork")? {
+                ForkResult::Child => {
+                    let keeper = Keeper {
+                        control,
+                        reader,
+                        run,
+                        id,
+                        rundir,
+                        cgroup,
+                    };
+                    std::process::exit(keeper.main())
+                }
+                ForkResult::Parent { child } => {
+                    drop(reader);
+                    let status = waitpid(child, None).context("waiting for the keeper")?;
+                    if !matches!(status, WaitStatus::Exited(_, 0)) {
+                        let _ = wire::send(
+                            &mut control,
+                            &Event::Failed {
+                                message: format!("the sandbox keeper died: {status:?}"),
+                                code: exit_code::SANDBOX_ERROR,
+                            },
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn become_root() -> Result<()> {
+    let root_g = Gid::from_raw(0);
+    let root_u = Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g).context("setresgid(0) in the user namespace")?;
+    nix::unistd::setresuid(root_u, root_u, root_u).context("setresuid(0) in the user namespace")?;
+    // Only possible when setgroups is allowed (newgidmap allows it); drop
+    // the supplementary groups the caller had, which are unmapped anyway.
+    let _ = nix::unistd::setgroups(&[]);
+    Ok(())
+}
+
+/// Remove a directory tree as root of the user namespace, making
+/// directories writable first (a program may have removed their w bit).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_dirs_writable(path);
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn make_dirs_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            make_dirs_writable(&e.path());
+        }
+    }
+}
+
+/// pid 1 of the sandbox's outer pid namespace.
+struct Keeper {
+    control: UnixStream,
+    reader: BufReader<UnixStream>,
+    run: RunSpec,
+    id: String,
+    rundir: PathBuf,
+    cgroup: Option<Delegation>,
+}
+
+/// Why the keeper stopped waiting.
+enum Stop {
+    Exited(WaitStatus),
+    TimedOut,
+    KillRequested,
+}
+
+impl Keeper {
+    /// Returns the keeper's exit code: 0 once it has reported to the caller.
+    fn main(mut self) -> i32 {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        let (upper, work, rootfs, _, _) = super::rundir::layout(&self.rundir);
+        let cgroup_path = self.cgroup.as_ref().map(|d| d.run_path(&self.id));
+        let event = match self.setup_and_run(&rootfs, cgroup_path.as_deref()) {
+            Ok(outcome) => Event::Finished { outcome },
+            Err(e) => {
+                let message = format!("{e:#}");
+                let code = classify_error(&message);
+                Event::Failed { message, code }
+            }
+        };
+        kill_all_and_reap();
+        if let (Some(d), Some(path)) = (&self.cgroup, &cgroup_path) {
+            d.remove(path);
+        }
+        let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+        if !self.run.keep_upper {
+            let _ = remove_tree(&upper);
+        }
+        let _ = remove_tree(&work);
+        if wire::send(&mut self.control, &event).is_err() {
+            return 1;
+        }
+        0
+    }
+
+    fn setup_and_run(&mut self, rootfs: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .context("making the mount namespace private")?;
+        if self.run.network == Network::None {
+            super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
+        }
+        self.mount_rootfs(rootfs)?;
+        if self.cgroup.is_none() && cgroup::host_version() == cgroup::Version::V1 {
+            hide_v1_cgroups()?;
+        }
+
+        let (_, _, _, bundle, state) = super::rundir::layout(&self.rundir);
+        let mems = self.cgroup.as_ref().and_then(|d| d.parent_mems());
+        let cg = cgroup_path.map(|path| CgroupSettings {
+            path,
+            mems: mems.as_deref(),
+        });
+        let nofile_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(_, hard)| hard)
+            .unwrap_or(1024);
+        let config = spec::build(&self.run, rootfs, cg.as_ref(), nofile_hard);
+        fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)
+            .context("writing config.json")?;
+
+        let started = Instant::now();
+        let mut container = ContainerBuilder::new(self.id.clone(), SyscallType::default())
+            .with_root_path(&state)
+            .context("libcontainer state directory")?
+            .with_stdin(open_dev_null()?)
+            .with_stdout(dup_fd(fds::STDOUT)?)
+            .with_stderr(dup_fd(fds::STDERR)?)
+            .validate_id()
+            .context("container id")?
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| anyhow!("{e}"))
+            .context("creating the container")?;
+        container
+            .start()
+            .map_err(|e| anyhow!("{e}"))
+            .context("starting the container")?;
+        let pid = container.pid().context("the container has no pid")?;
+        wire::send(&mut self.control, &Event::Started { pid: pid.as_raw() })?;
+
+        let deadline = self.run.timeout.map(|t| started + t);
+        let stop = self.wait(pid, deadline)?;
+        let status = match stop {
+            Stop::Exited(status) => status,
+            Stop::TimedOut | Stop::KillRequested => {
+                kill_all_and_reap();
+                let _ = container.delete(true);
+                return Ok(if matches!(stop, Stop::TimedOut) {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Killed
+                });
+            }
+        };
+        // The program is gone: nothing else of the sandbox may live on.
+        kill_all_and_reap();
+        let ooms = match (&self.cgroup, cgroup_path) {
+            (Some(d), Some(p)) => d.oom_kills(p),
+            _ => 0,
+        };
+        let _ = container.delete(true);
+        Ok(match status {
+            WaitStatus::Exited(_, code) if ooms > 0 && code != 0 => Outcome::OomKilled,
+            WaitStatus::Signaled(_, Signal::SIGKILL, _) if ooms > 0 => Outcome::OomKilled,
+            WaitStatus::Exited(_, code) => Outcome::Exited(code),
+            WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
+            other => bail!("unexpected wait status of the program: {other:?}"),
+        })
+    }
+
+    fn mount_rootfs(&self, rootfs: &Path) -> Result<()> {
+        let (upper, work, _, _, _) = super::rundir::layout(&self.rundir);
+        for p in self.run.layers.iter().chain([&upper, &work]) {
+            let s = p.to_string_lossy();
+            if s.contains([',', ':']) || !p.is_absolute() {
+                bail!(
+                    "layer path {} cannot be used in an overlay mount (it must be absolute and hold no `,` or `:`)",
+                    p.display()
+                );
+            }
+            if !p.is_dir() {
+                bail!("rootfs layer {} is not a directory", p.display());
+            }
+        }
+        let lower: Vec<String> = self
+            .run
+            .layers
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        mount(
+            Some("overlay"),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .with_context(|| format!("mounting the overlay rootfs ({opts})"))
+    }
+
+    /// Wait for the program's exit, the deadline, or a kill request.
+    fn wait(&mut self, pid: Pid, deadline: Option<Instant>) -> Result<Stop> {
+        let pidfd = pidfd_open(pid)?;
+        let control = self.reader.get_ref().try_clone()?;
+        loop {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Stop::TimedOut);
+                    }
+                    // Round up so that we never wake just before the deadline.
+                    let ms = left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1;
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(control.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll"),
+                Ok(_) => {}
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                let status = waitpid(pid, Some(WaitPidFlag::__WALL)).context("waitpid")?;
+                return Ok(Stop::Exited(status));
+            }
+            if ready(&fds[1]) {
+                // A kill request, or the caller is gone: either way, stop.
+                match wire::recv::<Command>(&mut self.reader) {
+                    Ok(Some(Command::Mapped)) => continue,
+                    _ => return Ok(Stop::KillRequested),
+                }
+            }
+        }
+    }
+
+}
+
+/// On a cgroup v1 host with no delegated subtree, present libcontainer a
+/// read-only cgroup2 hierarchy instead: its v2 manager treats a read-only
+/// hierarchy as "run without cgroup limits" in rootless mode, while its v1
+/// manager has no such fallback and would fail on the first write.
+fn hide_v1_cgroups() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWCGROUP).context("unshare(CLONE_NEWCGROUP)")?;
+    mount(
+        Some("cgroup2"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("mounting a read-only cgroup2 view over /sys/fs/cgroup")
+}
+
+/// Kill every process of the keeper's pid namespace but the keeper, and
+/// reap them all.
+fn kill_all_and_reap() {
+    // From pid 1 of a namespace, kill(-1) reaches every other process in it.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break, // ECHILD: nothing left
+        }
+    }
+}
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn dup_fd(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: the caller starts the helper with these fds open; we only
+    // borrow them long enough to duplicate.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .with_context(|| format!("fd {fd} of the helper"))
+}
+
+fn open_dev_null() -> Result<OwnedFd> {
+    Ok(File::open("/dev/null")?.into())
+}
+
+/// The exit code for a setup failure: 127 when the command is missing, 126
+/// when it cannot be executed, 125 otherwise.
+fn classify_error(message: &str) -> i32 {
+    if message.contains("not found in $PATH") || message.contains("No such file or directory") && message.contains("execvp") {
+        exit_code::NOT_FOUND
+    } else if message.contains("does not have correct permissions") {
+        exit_code::NOT_EXECUTABLE
+    } else {
+        exit_code::SANDBOX_ERROR
+    }
+}
+

@@ -1,0 +1,116 @@
+//! Per-run directories under `<state dir>/runs/`: the overlay upper and work
+//! directories, the merged rootfs mount point, the OCI bundle and
+//! libcontainer's state. A run holds an exclusive flock on its `lock` file
+//! for as long as any of its processes lives, so a directory whose lock can
+//! be taken belongs to a crashed run and may be removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+
+/// A file that marks a run directory kept on purpose (`keep_upper`).
+pub const KEPT: &str = "kept";
+
+/// Prefix of every run id (and of the run's cgroup name).
+pub const RUN_PREFIX: &str = "cw-";
+
+pub struct RunDir {
+    pub id: String,
+    pub path: PathBuf,
+    pub lock: File,
+}
+
+fn runs_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("runs")
+}
+
+fn random_id() -> io::Result<String> {
+    let mut buf = [0u8; 6];
+    File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{RUN_PREFIX}{hex}"))
+}
+
+impl RunDir {
+    /// Create a fresh run directory and take its lock.
+    pub fn create(state_dir: &Path) -> io::Result<RunDir> {
+        let runs = runs_dir(state_dir);
+        fs::create_dir_all(&runs)?;
+        loop {
+            let id = random_id()?;
+            let path = runs.join(&id);
+            match fs::create_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path.join("lock"))?;
+            try_flock(&lock, libc::LOCK_EX)?;
+            for sub in ["upper", "work", "rootfs", "bundle"] {
+                fs::create_dir(path.join(sub))?;
+            }
+            return Ok(RunDir { id, path, lock });
+        }
+    }
+
+    pub fn upper(&self) -> PathBuf {
+        self.path.join("upper")
+    }
+}
+
+/// Sub-directory layout shared by the caller and the helper.
+pub fn layout(path: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    (
+        path.join("upper"),
+        path.join("work"),
+        path.join("rootfs"),
+        path.join("bundle"),
+        path.join("state"),
+    )
+}
+
+/// Run directories whose lock is free: left behind by runs that crashed.
+pub fn stale(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(runs_dir(state_dir)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.starts_with(RUN_PREFIX))
+                && !p.join(KEPT).exists()
+                && !is_locked(p)
+        })
+        .collect()
+}
+
+/// Ids of the runs that are alive (their lock is held).
+pub fn is_live(state_dir: &Path, id: &str) -> bool {
+    let p = runs_dir(state_dir).join(id);
+    p.is_dir() && is_locked(&p)
+}
+
+fn is_locked(dir: &Path) -> bool {
+    let Ok(f) = File::open(dir.join("lock")) else {
+        // No lock file: the run died while being created.
+        return false;
+    };
+    try_flock(&f, libc::LOCK_SH).is_err()
+}
+
+/// flock(2) without blocking; the lock lives as long as the open file.
+fn try_flock(f: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock only acts on the given open fd.
+    if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Messages between the caller and the sandbox helper process, one JSON
+//! object per line on a Unix socket pair (fd 3 in the helper).
+
+use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::cgroup::Delegation;
+use super::types::{Outcome, RunSpec};
+
+/// File descriptors the helper is started with.
+pub mod fds {
+    pub const CONTROL: i32 = 3;
+    pub const STDOUT: i32 = 4;
+    pub const STDERR: i32 = 5;
+    pub const LOCK: i32 = 6;
+}
+
+/// What the helper is asked to do inside the user namespace.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Task {
+    /// Run a program in a sandbox.
+    Run {
+        run: RunSpec,
+        id: String,
+        rundir: PathBuf,
+        cgroup: Option<Delegation>,
+    },
+    /// Delete directories whose files belong to subordinate ids.
+    Remove { paths: Vec<PathBuf> },
+}
+
+/// Caller → helper.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Command {
+    /// The id maps of the helper's user namespace are written.
+    Mapped,
+    /// Kill the sandbox now.
+    Kill,
+}
+
+/// Helper → caller.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// The helper is in its new user namespace and waits for its id maps.
+    Unshared,
+    /// The program runs; `pid` is its pid in the helper's pid namespace.
+    Started { pid: i32 },
+    /// The program and everything it started are gone.
+    Finished { outcome: Outcome },
+    /// The sandbox could not be set up; `code` is the exit code to use.
+    Failed { message: String, code: i32 },
+    /// A `Remove` task is done.
+    Removed { errors: Vec<String> },
+}
+
+pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let mut line = serde_json::to_vec(msg)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.flush()
+}
+
+/// Read the next message; `Ok(None)` at end of stream.
+pub fn recv<T: DeserializeOwned>(r: &mut impl BufRead) -> io::Result<Option<T>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
