@@ -37,12 +37,21 @@ pub enum Version {
     V2,
 }
 
+/// v1 controllers the limits need; a v1 delegation must cover them.
+const V1_REQUIRED: &[&str] = &["memory", "pids", "cpuset"];
+
 /// A delegated subtree that this user can create run cgroups in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delegation {
     pub version: Version,
     /// Path of the subtree inside the hierarchy, e.g. `/compute-worker`.
     pub parent: PathBuf,
+    /// v1 only: mount points of the hierarchies the sandbox must not see
+    /// (not delegated, or `devices`, whose rules cannot be written
+    /// rootless). The helper covers them with an empty tmpfs so that
+    /// libcontainer's v1 manager, which joins every hierarchy it finds,
+    /// skips them harmlessly.
+    pub v1_masked: Vec<PathBuf>,
 }
 
 /// The cgroup version of the host: v2 when /sys/fs/cgroup is cgroup2,
@@ -58,26 +67,46 @@ pub fn host_version() -> Version {
 /// every controller the runtime will join.
 pub fn delegation(parent: &Path) -> Result<Delegation, String> {
     let rel = parent.strip_prefix("/").unwrap_or(parent);
-    let version = host_version();
-    let dirs: Vec<PathBuf> = match version {
-        Version::V2 => vec![Path::new(ROOT).join(rel)],
-        Version::V1 => v1_mounts().into_iter().map(|m| m.join(rel)).collect(),
-    };
-    if dirs.is_empty() {
-        return Err("no cgroup v1 controller is mounted under /sys/fs/cgroup".into());
-    }
-    for dir in &dirs {
+    let usable = |dir: &Path| -> Result<(), String> {
         if !dir.is_dir() {
             return Err(format!("{} does not exist", dir.display()));
         }
-        if access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
-            return Err(format!("{} is not writable by this user", dir.display()));
+        access(dir, AccessFlags::W_OK | AccessFlags::X_OK)
+            .map_err(|_| format!("{} is not writable by this user", dir.display()))
+    };
+    let version = host_version();
+    let mut v1_masked = Vec::new();
+    match version {
+        Version::V2 => usable(&Path::new(ROOT).join(rel))?,
+        Version::V1 => {
+            let mounts = v1_mounts();
+            for required in V1_REQUIRED {
+                let m = mounts
+                    .iter()
+                    .find(|m| controllers_of(m).any(|c| c == *required))
+                    .ok_or_else(|| format!("the cgroup v1 `{required}` controller is not mounted"))?;
+                usable(&m.join(rel))?;
+            }
+            for m in mounts {
+                if controllers_of(&m).any(|c| c == "devices") || usable(&m.join(rel)).is_err() {
+                    v1_masked.push(m);
+                }
+            }
         }
     }
     Ok(Delegation {
         version,
         parent: Path::new("/").join(rel),
+        v1_masked,
     })
+}
+
+fn controllers_of(mount: &Path) -> impl Iterator<Item = String> {
+    let name = mount
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.split(',').map(str::to_string).collect::<Vec<_>>().into_iter()
 }
 
 /// Mount points of the v1 controllers youki will use.

@@ -220,8 +220,15 @@ impl Keeper {
             super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
         }
         self.mount_rootfs(rootfs)?;
-        if self.cgroup.is_none() && cgroup::host_version() == cgroup::Version::V1 {
-            hide_v1_cgroups()?;
+        match &self.cgroup {
+            None if cgroup::host_version() == cgroup::Version::V1 => hide_v1_cgroups()?,
+            None => {}
+            Some(d) => {
+                let run_path = d.run_path(&self.id);
+                for m in &d.v1_masked {
+                    mask_hierarchy(m, &run_path)?;
+                }
+            }
         }
 
         let (_, _, _, bundle, state) = super::rundir::layout(&self.rundir);
@@ -382,6 +389,25 @@ fn hide_v1_cgroups() -> Result<()> {
         None::<&str>,
     )
     .context("mounting a read-only cgroup2 view over /sys/fs/cgroup")
+}
+
+/// Cover a v1 hierarchy with a tmpfs (see `Delegation::v1_masked`) that
+/// holds just the files libcontainer writes for a run there.
+fn mask_hierarchy(mount_point: &Path, run_path: &Path) -> Result<()> {
+    mount(
+        Some("tmpfs"),
+        mount_point,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=1m"),
+    )
+    .with_context(|| format!("masking cgroup hierarchy {}", mount_point.display()))?;
+    let dir = mount_point.join(run_path.strip_prefix("/").unwrap_or(run_path));
+    fs::create_dir_all(&dir)?;
+    for f in ["cgroup.procs", "tasks", "devices.allow", "devices.deny"] {
+        fs::write(dir.join(f), b"")?;
+    }
+    Ok(())
 }
 
 /// Kill every process of the keeper's pid namespace but the keeper, and
