@@ -34,14 +34,17 @@ fn random_id() -> io::Result<String> {
 }
 
 impl RunDir {
-    /// Create a fresh run directory and take its lock.
+    /// Create a fresh run directory and take its lock. The directory is
+    /// built under a temporary name and renamed once locked, so that a
+    /// concurrent stale-run sweep never sees it unlocked.
     pub fn create(state_dir: &Path) -> io::Result<RunDir> {
         let runs = runs_dir(state_dir);
         fs::create_dir_all(&runs)?;
         loop {
             let id = random_id()?;
             let path = runs.join(&id);
-            match fs::create_dir(&path) {
+            let tmp = runs.join(format!(".new-{id}"));
+            match fs::create_dir(&tmp) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -50,11 +53,12 @@ impl RunDir {
                 .create(true)
                 .truncate(false)
                 .write(true)
-                .open(path.join("lock"))?;
+                .open(tmp.join("lock"))?;
             try_flock(&lock, libc::LOCK_EX)?;
             for sub in ["upper", "work", "rootfs", "bundle"] {
-                fs::create_dir(path.join(sub))?;
+                fs::create_dir(tmp.join(sub))?;
             }
+            fs::rename(&tmp, &path)?;
             return Ok(RunDir { id, path, lock });
         }
     }

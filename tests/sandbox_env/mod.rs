@@ -1,0 +1,222 @@
+//! Test environment for the sandbox: the real `compute-worker` binary run
+//! as an unprivileged user (with subordinate ids) on a rootfs built from
+//! Debian's busybox-static.
+//!
+//! As root the tests switch to `$COMPUTE_WORKER_TEST_USER` (default
+//! `cwtest`, created by scripts/dev-setup.sh); as any other user they run
+//! as that user.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub struct Env {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// First subordinate uid of the user.
+    pub subuid_start: u32,
+    pub subuid_count: u32,
+    /// Copy of the binary where the user can execute it.
+    pub bin: PathBuf,
+    /// busybox rootfs owned by the user.
+    pub rootfs: PathBuf,
+    /// Scratch directory owned by the user.
+    pub work: PathBuf,
+    pub state_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub as_root: bool,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+pub fn env() -> &'static Env {
+    ENV.get_or_init(setup)
+}
+
+fn id_of(user: &str, flag: &str) -> u32 {
+    let out = Command::new("id").arg(flag).arg(user).output().unwrap();
+    assert!(
+        out.status.success(),
+        "test user `{user}` does not exist: run `sudo scripts/dev-setup.sh` first"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn subuid_range(user: &str) -> (u32, u32) {
+    let text = fs::read_to_string("/etc/subuid").unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let mut it = l.split(':');
+            (it.next()? == user).then(|| {
+                let start = it.next()?.parse().ok()?;
+                let count = it.next()?.parse().ok()?;
+                Some((start, count))
+            })?
+        })
+        .unwrap_or_else(|| panic!("no /etc/subuid range for `{user}`: run `sudo scripts/dev-setup.sh`"))
+}
+
+fn setup() -> Env {
+    let as_root = nix::unistd::geteuid().is_root();
+    let user = if as_root {
+        std::env::var("COMPUTE_WORKER_TEST_USER").unwrap_or_else(|_| "cwtest".into())
+    } else {
+        String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout)
+            .trim()
+            .to_string()
+    };
+    let uid = id_of(&user, "-u");
+    let gid = id_of(&user, "-g");
+    let (subuid_start, subuid_count) = subuid_range(&user);
+
+    let work = std::env::temp_dir().join(format!("cw-sandbox-tests-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let bin = work.join("compute-worker");
+    fs::copy(env!("CARGO_BIN_EXE_compute-worker"), &bin).unwrap();
+    let rootfs = work.join("rootfs");
+    build_busybox_rootfs(&rootfs);
+    let state_dir = work.join("state");
+    fs::create_dir_all(&state_dir).unwrap();
+    if as_root {
+        chown_tree(&work, uid, gid);
+    }
+    Env {
+        user,
+        uid,
+        gid,
+        subuid_start,
+        subuid_count,
+        bin,
+        rootfs,
+        work,
+        state_dir,
+        cgroup_parent: std::env::var("COMPUTE_WORKER_TEST_CGROUP").unwrap_or_else(|_| "/cw-test".into()),
+        as_root,
+    }
+}
+
+/// A minimal rootfs: busybox-static and its applet links, /etc/passwd.
+pub fn build_busybox_rootfs(root: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.exists(), "/bin/busybox is missing: apt-get install busybox-static");
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home", "usr/bin", "sbin"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n").unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\ntty:x:5:\nuser:x:1000:\n").unwrap();
+}
+
+pub fn chown_tree(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+    if fs::symlink_metadata(p).unwrap().is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A directory owned by the test user (mode `mode`) under the work dir.
+pub fn user_dir(name: &str, mode: u32) -> PathBuf {
+    let e = env();
+    let d = e.work.join(name);
+    fs::create_dir_all(&d).unwrap();
+    if e.as_root {
+        chown(&d, Some(e.uid), Some(e.gid)).unwrap();
+    }
+    fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+    d
+}
+
+impl Env {
+    /// `compute-worker ARGS` as the test user.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = if self.as_root {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={}", self.uid))
+                .arg(format!("--regid={}", self.gid))
+                .arg("--init-groups")
+                .arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        cmd.args(args)
+            .current_dir(&self.work)
+            .env("HOME", &self.work)
+            .env("COMPUTE_WORKER_STATE_DIR", &self.state_dir)
+            .env_remove("COMPUTE_WORKER_CGROUP_PARENT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `compute-worker exec [OPTS] --rootfs <busybox> -- CMD...`
+    pub fn exec_cmd(&self, opts: &[&str], cmd: &[&str]) -> Command {
+        let rootfs = self.rootfs.to_string_lossy().into_owned();
+        let mut args = vec!["exec"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--rootfs", &rootfs, "--"]);
+        args.extend_from_slice(cmd);
+        self.command(&args)
+    }
+
+    pub fn exec(&self, opts: &[&str], cmd: &[&str]) -> Run {
+        Run(self.exec_cmd(opts, cmd).output().unwrap())
+    }
+
+    /// `sh -c SCRIPT` in a default sandbox.
+    pub fn sh(&self, script: &str) -> Run {
+        self.exec(&[], &["sh", "-c", script])
+    }
+
+    /// Options that put the run in the delegated cgroup subtree.
+    pub fn cgroup_opts(&self) -> Vec<String> {
+        vec!["--cgroup-parent".into(), self.cgroup_parent.clone()]
+    }
+}
+
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        assert_eq!(self.code(), 0, "stdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        self.stdout()
+    }
+}
+
+/// Host processes whose command line starts with `needle`.
+pub fn host_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.starts_with(needle) {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
