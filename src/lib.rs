@@ -4,4 +4,7 @@
 //! The shape is broker → job → sandbox; images come from the separate
 //! `rootfs-cache` crate.
 
+pub mod broker;
+pub mod job;
 pub mod sandbox;
+pub mod site;
