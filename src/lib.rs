@@ -4,6 +4,9 @@
 //! The shape is broker → job → sandbox; images come from the separate
 //! `rootfs-cache` crate.
 
+pub mod broker;
+pub mod job;
 pub mod sandbox;
 pub mod cli;
 pub mod exec;
+pub mod site;

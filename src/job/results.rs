@@ -1,0 +1,165 @@
+//! Results: scores files, the `output/metadata` file, and log capping.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Why scores could not be read; the messages are the Python worker's.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoresError {
+    #[error("Could not find scores file, did the scoring program output it?")]
+    Missing,
+    #[error("Could not decode scores json properly, it contains an error.\n{0}")]
+    BadJson(String),
+    #[error("Could not decode scores.txt as YAML: {0}")]
+    BadYaml(String),
+    #[error("reading scores: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Read `output/scores.json`, else YAML `output/scores.txt`.
+pub fn read_scores(output_dir: &Path) -> Result<Value, ScoresError> {
+    let json = output_dir.join("scores.json");
+    if json.is_file() {
+        let text = std::fs::read_to_string(json)?;
+        return serde_json::from_str(&text).map_err(|e| ScoresError::BadJson(e.to_string()));
+    }
+    let txt = output_dir.join("scores.txt");
+    if txt.is_file() {
+        let text = std::fs::read_to_string(txt)?;
+        let y: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|e| ScoresError::BadYaml(e.to_string()))?;
+        return serde_json::to_value(y).map_err(|e| ScoresError::BadYaml(e.to_string()));
+    }
+    Err(ScoresError::Missing)
+}
+
+/// Exit code and elapsed time of one program, if it ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProgramOutcome {
+    pub exit_code: Option<i32>,
+    pub elapsed: Option<Duration>,
+}
+
+/// The text of `output/metadata` (v1.5 compatibility), as PyYAML's
+/// `yaml.dump(..., default_flow_style=False)` writes it: keys sorted,
+/// `null` for unknown values; `elapsedTime` falls back to ingestion's.
+pub fn output_metadata(program: ProgramOutcome, ingestion: ProgramOutcome) -> String {
+    fn num(d: Option<Duration>) -> String {
+        d.map(|d| format!("{:?}", d.as_secs_f64()))
+            .unwrap_or_else(|| "null".into())
+    }
+    fn code(c: Option<i32>) -> String {
+        c.map(|c| c.to_string()).unwrap_or_else(|| "null".into())
+    }
+    format!(
+        "elapsedTime: {}\nexitCode: {}\ningestionElapsedTime: {}\ningestionExitCode: {}\n",
+        num(program.elapsed.or(ingestion.elapsed)),
+        code(program.exit_code),
+        num(ingestion.elapsed),
+        code(ingestion.exit_code),
+    )
+}
+
+/// Write `output/metadata`; refuses to overwrite one a program wrote
+/// (the Python worker's error).
+pub fn write_output_metadata(
+    output_dir: &Path,
+    program: ProgramOutcome,
+    ingestion: ProgramOutcome,
+) -> Result<(), String> {
+    let p = output_dir.join("metadata");
+    if p.exists() {
+        return Err("Error, the output directory already contains a metadata file. This file is used to store exitCode and other data, do not write to this file manually.".into());
+    }
+    std::fs::write(&p, output_metadata(program, ingestion))
+        .map_err(|e| format!("writing {}: {e}", p.display()))
+}
+
+/// Cap a captured stream for upload: keep the first and last `max / 2`
+/// bytes with a marker saying how much was cut.
+pub fn cap_log(data: &[u8], max: usize) -> Vec<u8> {
+    if data.len() <= max {
+        return data.to_vec();
+    }
+    let half = max / 2;
+    let cut = data.len() - 2 * half;
+    let mut out = Vec::with_capacity(max + 100);
+    out.extend_from_slice(&data[..half]);
+    out.extend_from_slice(
+        format!("\n[compute-worker: {cut} bytes of output omitted here]\n").as_bytes(),
+    );
+    out.extend_from_slice(&data[data.len() - half..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_json_then_yaml_txt() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(read_scores(d.path()), Err(ScoresError::Missing)));
+        std::fs::write(
+            d.path().join("scores.txt"),
+            "accuracy: 0.93\nduration: 12\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_scores(d.path()).unwrap(),
+            serde_json::json!({"accuracy": 0.93, "duration": 12})
+        );
+        std::fs::write(d.path().join("scores.json"), "{\"auc\": 0.5}").unwrap();
+        assert_eq!(
+            read_scores(d.path()).unwrap(),
+            serde_json::json!({"auc": 0.5})
+        );
+        std::fs::write(d.path().join("scores.json"), "{auc").unwrap();
+        let e = read_scores(d.path()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("Could not decode scores json properly"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metadata_file_like_pyyaml() {
+        let m = output_metadata(
+            ProgramOutcome {
+                exit_code: Some(0),
+                elapsed: Some(Duration::from_millis(1500)),
+            },
+            ProgramOutcome::default(),
+        );
+        assert_eq!(
+            m,
+            "elapsedTime: 1.5\nexitCode: 0\ningestionElapsedTime: null\ningestionExitCode: null\n"
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&m).unwrap();
+        assert_eq!(v["exitCode"], serde_yaml::Value::from(0));
+        // Program did not run: elapsedTime is ingestion's.
+        let m = output_metadata(
+            ProgramOutcome::default(),
+            ProgramOutcome {
+                exit_code: Some(1),
+                elapsed: Some(Duration::from_secs(2)),
+            },
+        );
+        assert!(m.starts_with("elapsedTime: 2.0\nexitCode: null\n"), "{m}");
+        let d = tempfile::tempdir().unwrap();
+        write_output_metadata(d.path(), Default::default(), Default::default()).unwrap();
+        assert!(write_output_metadata(d.path(), Default::default(), Default::default()).is_err());
+    }
+
+    #[test]
+    fn logs_keep_head_and_tail() {
+        let data: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).collect();
+        assert_eq!(cap_log(&data, 2000), data);
+        let c = cap_log(&data, 100);
+        assert!(c.starts_with(&data[..50]));
+        assert!(c.ends_with(&data[950..]));
+        assert!(String::from_utf8_lossy(&c).contains("900 bytes of output omitted"));
+    }
+}
