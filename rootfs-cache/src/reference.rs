@@ -204,6 +204,9 @@ fn qualify(p: &ParsedRef, registry: &str) -> ImageRef {
 
 /// True for `localhost`, `127.0.0.0/8`, `::1` (with or without a port).
 pub fn is_loopback_host(registry: &str) -> bool {
+    if registry.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        return true;
+    }
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
