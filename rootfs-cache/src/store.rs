@@ -1156,3 +1156,334 @@ impl Store {
         Ok(report)
     }
 }
+
+// -------------------------------------------------------------------- import
+
+#[derive(Debug, Deserialize)]
+struct DockerSaveEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+fn import_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Import {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// A path inside an archive directory, refusing `..` and absolute paths.
+fn inside(root: &Path, rel: &str, archive: &Path) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if p.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(import_err(
+            archive,
+            format!("path {rel:?} leaves the archive"),
+        ));
+    }
+    Ok(root.join(p))
+}
+
+fn file_sha256(p: &Path) -> Result<String> {
+    let mut f = fs::File::open(p).ctx(|| format!("opening {}", p.display()))?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h).ctx(|| format!("reading {}", p.display()))?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+impl Store {
+    /// Import images without a registry, from an OCI image layout (a
+    /// directory, or a tarball of one: `oci-archive`) or a `docker save`
+    /// archive (directory or tarball, optionally gzip-compressed). Every blob is
+    /// verified against its digest (for docker-save layers: against the
+    /// config's diff ids).
+    ///
+    /// Names come from the archive (`RepoTags`; the
+    /// `io.containerd.image.name` or `org.opencontainers.image.ref.name`
+    /// annotations, a bare tag there meaning `localhost/<file stem>:<tag>`),
+    /// or from `name`, which is required when the archive names nothing and
+    /// refused when it holds several images.
+    pub async fn import(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Image>> {
+        let meta = fs::metadata(path).map_err(|e| import_err(path, e.to_string()))?;
+        let unpacker = &*self.inner.opts.unpacker;
+        let mut guard = Cleanup {
+            path: None,
+            unpacker,
+        };
+        let dir = if meta.is_dir() {
+            path.to_path_buf()
+        } else {
+            let d = self.inner.scratch.join(format!("import-{}", self.next()));
+            guard.path = Some(d.clone());
+            let (src, dst) = (path.to_path_buf(), d.clone());
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                let mut r = io::BufReader::new(fs::File::open(&src)?);
+                let head = io::BufRead::fill_buf(&mut r)?.to_vec();
+                let rd: Box<dyn Read> = match crate::unpack::detect_compression(&head) {
+                    crate::unpack::Compression::Gzip => {
+                        Box::new(flate2::bufread::MultiGzDecoder::new(r))
+                    }
+                    crate::unpack::Compression::Zstd => {
+                        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
+                    }
+                    crate::unpack::Compression::None => Box::new(r),
+                };
+                fs::create_dir_all(&dst)?;
+                // tar's own unpack refuses `..` and absolute paths.
+                tar::Archive::new(rd).unpack(&dst)
+            })
+            .await
+            .map_err(|e| Error::io("import task", io::Error::other(e)))?
+            .map_err(|e| import_err(path, format!("not a readable tar archive: {e}")))?;
+            d
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().trim_end_matches(".tar").to_lowercase())
+            .unwrap_or_else(|| "import".into());
+        let stem: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>()
+            .trim_matches('-')
+            .to_string();
+        if dir.join("manifest.json").is_file() {
+            self.import_docker_save(path, &dir, name, progress).await
+        } else if dir.join("index.json").is_file() {
+            self.import_oci_layout(path, &dir, name, &stem, progress)
+                .await
+        } else {
+            Err(import_err(
+                path,
+                "neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
+            ))
+        }
+    }
+
+    fn qualify_name(&self, archive: &Path, n: &str) -> Result<String> {
+        let c = self
+            .inner
+            .conf
+            .resolve(n)
+            .map_err(|e| import_err(archive, e.to_string()))?;
+        Ok(c[0].canonical())
+    }
+
+    async fn import_oci_layout(
+        &self,
+        archive: &Path,
+        dir: &Path,
+        name: Option<&str>,
+        stem: &str,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Image>> {
+        let blob = |d: &str| dir.join("blobs/sha256").join(hex_of(d));
+        let read_verified = |d: &str| -> Result<Vec<u8>> {
+            let p = blob(d);
+            let b = fs::read(&p).map_err(|e| import_err(archive, format!("blob {d}: {e}")))?;
+            let actual = format!("sha256:{}", sha256_hex(&b));
+            if actual != d {
+                return Err(Error::DigestMismatch {
+                    what: format!("{}: blob {d}", archive.display()),
+                    expected: d.to_string(),
+                    actual,
+                });
+            }
+            Ok(b)
+        };
+        let idx =
+            fs::read(dir.join("index.json")).map_err(|e| import_err(archive, e.to_string()))?;
+        let label = archive.display().to_string();
+        let Manifest::Index(entries) = manifest::parse_manifest(&label, &idx)? else {
+            return Err(import_err(archive, "index.json is not an image index"));
+        };
+        if entries.is_empty() {
+            return Err(import_err(archive, "index.json lists no image"));
+        }
+        if name.is_some() && entries.len() > 1 {
+            return Err(import_err(
+                archive,
+                format!(
+                    "it holds {} images; a single name cannot be given to all",
+                    entries.len()
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for e in &entries {
+            let ann = e.annotations.clone().unwrap_or_default();
+            let n = match name {
+                Some(n) => self.qualify_name(archive, n)?,
+                None => match ann
+                    .get("io.containerd.image.name")
+                    .or_else(|| ann.get("org.opencontainers.image.ref.name"))
+                {
+                    Some(n) if n.contains(['/', ':', '@']) => self.qualify_name(archive, n)?,
+                    Some(tag) => self.qualify_name(archive, &format!("localhost/{stem}:{tag}"))?,
+                    None => {
+                        return Err(import_err(
+                            archive,
+                            "the image has no name annotation; give it a name",
+                        ))
+                    }
+                },
+            };
+            let mut mbytes = read_verified(&e.digest)?;
+            let mut mdigest = e.digest.clone();
+            let mut m = manifest::parse_manifest(&n, &mbytes)?;
+            if let Manifest::Index(sub) = &m {
+                let (os, arch) = &self.inner.opts.platform;
+                let chosen = manifest::choose_platform(&n, sub, os, arch)?;
+                mdigest = chosen.digest.clone();
+                mbytes = read_verified(&mdigest)?;
+                m = manifest::parse_manifest(&n, &mbytes)?;
+            }
+            let Manifest::Image { config, layers } = m else {
+                return Err(import_err(
+                    archive,
+                    "nested image indexes are not supported",
+                ));
+            };
+            let mut files = HashMap::new();
+            for d in std::iter::once(&config).chain(layers.iter()) {
+                files.insert(d.digest.clone(), blob(&d.digest));
+            }
+            out.push(
+                self.install(
+                    &n,
+                    &mdigest,
+                    &mbytes,
+                    &config,
+                    &layers,
+                    &Source::Local(&files),
+                    progress,
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn import_docker_save(
+        &self,
+        archive: &Path,
+        dir: &Path,
+        name: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Image>> {
+        let text =
+            fs::read(dir.join("manifest.json")).map_err(|e| import_err(archive, e.to_string()))?;
+        let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&text)
+            .map_err(|e| import_err(archive, format!("manifest.json: {e}")))?;
+        if entries.is_empty() {
+            return Err(import_err(archive, "manifest.json lists no image"));
+        }
+        if name.is_some() && entries.len() > 1 {
+            return Err(import_err(
+                archive,
+                format!(
+                    "it holds {} images; a single name cannot be given to all",
+                    entries.len()
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for e in entries {
+            let names: Vec<String> = match name {
+                Some(n) => vec![n.to_string()],
+                None => e.repo_tags.clone().unwrap_or_default(),
+            };
+            if names.is_empty() {
+                return Err(import_err(
+                    archive,
+                    "the image has no RepoTags; give it a name",
+                ));
+            }
+            let cpath = inside(dir, &e.config, archive)?;
+            let cbytes = fs::read(&cpath)
+                .map_err(|err| import_err(archive, format!("{}: {err}", e.config)))?;
+            let cdigest = format!("sha256:{}", sha256_hex(&cbytes));
+            let (_, diff_ids) = manifest::parse_config(&archive.display().to_string(), &cbytes)?;
+            if diff_ids.len() != e.layers.len() {
+                return Err(import_err(
+                    archive,
+                    "config diff_ids and Layers differ in number",
+                ));
+            }
+            let mut files = HashMap::new();
+            files.insert(cdigest.clone(), cpath);
+            let mut layers = Vec::new();
+            for (l, diff_id) in e.layers.iter().zip(&diff_ids) {
+                let p = inside(dir, l, archive)?;
+                let mut head = [0u8; 4];
+                let n = fs::File::open(&p)
+                    .and_then(|mut f| f.read(&mut head))
+                    .map_err(|err| import_err(archive, format!("{l}: {err}")))?;
+                let comp = crate::unpack::detect_compression(&head[..n]);
+                // An uncompressed layer's digest is its diff id (checked while hashing).
+                let digest = if comp == crate::unpack::Compression::None {
+                    diff_id.clone()
+                } else {
+                    file_sha256(&p)?
+                };
+                let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                files.insert(digest.clone(), p);
+                layers.push(Descriptor {
+                    media_type: String::new(),
+                    digest,
+                    size,
+                    platform: None,
+                    annotations: None,
+                });
+            }
+            let config = Descriptor {
+                media_type: "application/vnd.docker.container.image.v1+json".into(),
+                digest: cdigest,
+                size: cbytes.len() as u64,
+                platform: None,
+                annotations: None,
+            };
+            // Synthesise a manifest so the record looks like a pulled image.
+            let mbytes = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": manifest::OCI_MANIFEST,
+                "config": {"mediaType": manifest::OCI_MANIFEST.replace("manifest", "config"), "digest": config.digest, "size": config.size},
+                "layers": layers.iter().map(|l| serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+            }))
+            .map_err(|err| Error::io("encoding manifest", io::Error::other(err)))?;
+            let mdigest = format!("sha256:{}", sha256_hex(&mbytes));
+            for n in names {
+                let n = self.qualify_name(archive, &n)?;
+                out.push(
+                    self.install(
+                        &n,
+                        &mdigest,
+                        &mbytes,
+                        &config,
+                        &layers,
+                        &Source::Local(&files),
+                        progress,
+                    )
+                    .await?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
