@@ -358,7 +358,8 @@ impl Ctx<'_> {
 
         let Some((base, parents)) = comps.split_last() else {
             // The layer root itself ("./"): take its mode and owner.
-            self.chown(&name, &self.dest.to_path_buf(), uid, gid)?;
+            let root = self.dest;
+            self.chown(&name, root, uid, gid)?;
             self.deferred_dirs
                 .push((self.dest.to_path_buf(), mode, mtime));
             return Ok(());

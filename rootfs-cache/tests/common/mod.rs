@@ -113,9 +113,7 @@ impl Registry {
     pub fn blob_gets(&self, digest: &str) -> usize {
         let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
         log.lines()
-            .filter(|l| {
-                l.contains(&format!("\"GET /v2/")) && l.contains(&format!("/blobs/{digest} "))
-            })
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest} ")))
             .count()
     }
 }
