@@ -471,3 +471,43 @@ async fn schema1_is_refused_with_a_clear_message() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_with_credentials_from_docker_config() {
+    let reg = Registry::start();
+    let img = TestImage::new(vec![busybox_layer(Comp::Zstd)]);
+    push(&reg.host(), "private/app:1", &img).await;
+    let proxy = start_token_proxy(reg.port, "bob", "hunter2");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s"), opts(dir.path())).unwrap();
+    let name = format!("{}/private/app:1", proxy.host());
+    let err = store.pull(&name, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, Error::Registry { .. }), "{err}");
+    assert_eq!(
+        proxy
+            .tokens_issued
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    // ~/.docker/config.json style: base64 "auth" under the registry key.
+    use base64::Engine;
+    std::fs::write(
+        dir.path().join("auth.json"),
+        format!(
+            "{{\"auths\":{{\"http://{}\":{{\"auth\":\"{}\"}}}}}}",
+            proxy.host(),
+            base64::engine::general_purpose::STANDARD.encode("bob:hunter2")
+        ),
+    )
+    .unwrap();
+    let got = store.pull(&name, &NoProgress).await.unwrap();
+    assert!(got.layers[0].join("bin/busybox").is_file());
+    assert!(
+        proxy
+            .tokens_issued
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+}

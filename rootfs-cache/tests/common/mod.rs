@@ -485,3 +485,118 @@ pub fn tree(root: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+// ------------------------------------------------------- token auth double
+
+/// A test double for a token-authenticated registry: it demands a bearer
+/// token (Docker registry token flow), issues one from `/token` against
+/// basic credentials, and forwards authorised requests to a real registry.
+pub struct TokenProxy {
+    pub port: u16,
+    pub tokens_issued: Arc<AtomicUsize>,
+}
+
+impl TokenProxy {
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn read_head(s: &mut TcpStream) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let end = loop {
+        let n = s.read(&mut b).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&b[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut body = buf[end + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while body.len() < len {
+        let n = s.read(&mut b).ok()?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&b[..n]);
+    }
+    Some((request_line, headers, body))
+}
+
+pub fn start_token_proxy(upstream: u16, user: &str, pass: &str) -> TokenProxy {
+    use base64::Engine;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tokens_issued = Arc::new(AtomicUsize::new(0));
+    let issued = tokens_issued.clone();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    );
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let (basic, issued) = (basic.clone(), issued.clone());
+            std::thread::spawn(move || {
+                let Some((rl, headers, body)) = read_head(&mut s) else {
+                    return;
+                };
+                let auth = headers
+                    .iter()
+                    .find(|(k, _)| k == "authorization")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                let path = rl.split_whitespace().nth(1).unwrap_or("");
+                if path.starts_with("/token") {
+                    if auth == basic {
+                        issued.fetch_add(1, Ordering::SeqCst);
+                        let b = r#"{"token":"tkn-42","access_token":"tkn-42","expires_in":300}"#;
+                        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len());
+                    } else {
+                        let _ = write!(s, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                } else if auth == "Bearer tkn-42" {
+                    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    let mut req = format!("{rl}\r\n");
+                    for (k, v) in &headers {
+                        if k != "authorization" && k != "connection" {
+                            req.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                    }
+                    req.push_str("connection: close\r\n\r\n");
+                    let _ = up.write_all(req.as_bytes());
+                    let _ = up.write_all(&body);
+                    let _ = std::io::copy(&mut up, &mut s);
+                } else {
+                    let b = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                        b.len()
+                    );
+                }
+            });
+        }
+    });
+    TokenProxy {
+        port,
+        tokens_issued,
+    }
+}
