@@ -378,7 +378,19 @@ impl Store {
 
     /// Pull `reference` (docker/podman syntax) into the store and return it.
     /// Unqualified names are tried against each search registry in turn.
+    ///
+    /// A job that is going to run the image should use [`Store::pull_and_lease`]
+    /// instead, so that no concurrent eviction can remove it in between.
     pub async fn pull(&self, reference: &str, progress: &dyn Progress) -> Result<Image> {
+        Ok(self.pull_and_lease(reference, progress).await?.0)
+    }
+
+    /// [`Store::pull`], returning the image already leased (see [`Store::lease`]).
+    pub async fn pull_and_lease(
+        &self,
+        reference: &str,
+        progress: &dyn Progress,
+    ) -> Result<(Image, Lease)> {
         let candidates = self.inner.conf.resolve(reference)?;
         let mut attempts = Vec::new();
         let n = candidates.len();
@@ -414,7 +426,7 @@ impl Store {
         })
     }
 
-    async fn pull_one(&self, r: &ImageRef, progress: &dyn Progress) -> Result<Image> {
+    async fn pull_one(&self, r: &ImageRef, progress: &dyn Progress) -> Result<(Image, Lease)> {
         let name = r.canonical();
         let reg_err = |e: &dyn std::fmt::Display| Error::Registry {
             reference: name.clone(),
@@ -495,7 +507,7 @@ impl Store {
         layers: &[Descriptor],
         source: &Source<'_>,
         progress: &dyn Progress,
-    ) -> Result<Image> {
+    ) -> Result<(Image, Lease)> {
         // Pulls hold the GC lock shared so that eviction never removes a layer
         // between its unpacking and the record that references it.
         let gc = lock::shared_async(self.gc_lock_path()).await?;
@@ -533,12 +545,14 @@ impl Store {
             last_used_ms: now,
         };
         self.write_record(&rec)?;
+        let image = self.image_from_record(&rec, Some(cfg))?;
+        // Lease before letting eviction run again.
+        let lease = self.lease(&image)?;
         drop(gc);
         progress.event(&ProgressEvent::ImageReady {
             image: name.to_string(),
             digest: manifest_digest.to_string(),
         });
-        let image = self.image_from_record(&rec, Some(cfg))?;
         // Keep the store under its bound (never evicting what we just pulled).
         let total = self.total_bytes()?;
         if total > self.inner.opts.max_bytes {
@@ -552,7 +566,7 @@ impl Store {
                 tracing::info!(removed = ?rep.removed, freed = rep.freed_bytes, "evicted images to stay under the size bound");
             }
         }
-        Ok(image)
+        Ok((image, lease))
     }
 
     fn write_record(&self, rec: &ImageRecord) -> Result<()> {
@@ -1064,6 +1078,24 @@ impl Store {
         self.prune_inner(target_bytes, None)
     }
 
+    /// Remove an image by reference. Its layers and blobs are deleted unless
+    /// another image or a lease still uses them. Fails with [`Error::InUse`]
+    /// while the image is leased.
+    pub fn remove(&self, reference: &str) -> Result<()> {
+        {
+            let _gc = Lock::exclusive(&self.gc_lock_path())?;
+            let rec = self.find_record(reference)?;
+            let (leased, _, _stale) = self.leased_manifests()?;
+            if leased.contains(hex_of(&rec.manifest_digest)) {
+                return Err(Error::InUse(rec.name));
+            }
+            fs::remove_file(self.record_path(&rec.name))
+                .ctx(|| format!("removing record of {}", rec.name))?;
+        }
+        // Collect what no image references any more.
+        self.prune_inner(u64::MAX, None).map(|_| ())
+    }
+
     fn remove_layer(&self, rel: &str) -> Result<()> {
         let dir = self.inner.root.join(rel);
         let Some(id) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -1108,6 +1140,24 @@ impl Store {
                 let rel = format!("l/{}", n.trim_end_matches(".json"));
                 if !referenced.contains_key(&rel) && !protected.contains(&rel) {
                     self.remove_layer(&rel)?;
+                }
+            }
+        }
+
+        // Blobs (configs, manifests) no record references.
+        if let Ok(rd) = fs::read_dir(self.inner.root.join("blobs/sha256")) {
+            let used: BTreeSet<String> = recs
+                .iter()
+                .flat_map(|r| {
+                    [
+                        hex_of(&r.manifest_digest).to_string(),
+                        hex_of(&r.config_digest).to_string(),
+                    ]
+                })
+                .collect();
+            for e in rd.flatten() {
+                if !used.contains(&*e.file_name().to_string_lossy()) {
+                    let _ = fs::remove_file(e.path());
                 }
             }
         }
@@ -1372,7 +1422,8 @@ impl Store {
                     &Source::Local(&files),
                     progress,
                 )
-                .await?,
+                .await?
+                .0,
             );
         }
         Ok(out)
@@ -1480,7 +1531,8 @@ impl Store {
                         &Source::Local(&files),
                         progress,
                     )
-                    .await?,
+                    .await?
+                    .0,
                 );
             }
         }

@@ -360,3 +360,26 @@ async fn import_docker_save_archive() {
     );
     assert!(store2.images().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_refuses_leased_images_and_collects_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = TestImage::new(vec![layer(&[file("only", b"1")], Comp::Gzip)]);
+    let layout = dir.path().join("layout");
+    oci_layout(&layout, &img, "localhost/rm:1");
+    let store = Store::open(dir.path().join("s"), opts(dir.path())).unwrap();
+    let got = store.import(&layout, None, &NoProgress).await.unwrap();
+    let lease = store.lease(&got[0]).unwrap();
+    assert_eq!(lease.image(), "localhost/rm:1");
+    let err = store.remove("localhost/rm:1").unwrap_err();
+    assert!(matches!(err, rootfs_cache::Error::InUse(_)), "{err}");
+    drop(lease);
+    store.remove("localhost/rm:1").unwrap();
+    assert!(store.images().unwrap().is_empty());
+    assert!(matches!(
+        store.get("localhost/rm:1"),
+        Err(rootfs_cache::Error::NotFound(_))
+    ));
+    assert!(tree(&store.root().join("l")).is_empty());
+    assert!(tree(&store.root().join("blobs/sha256")).is_empty());
+}
