@@ -502,7 +502,10 @@ impl TokenProxy {
     }
 }
 
-fn read_head(s: &mut TcpStream) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+/// Request line, lower-cased headers, body.
+type Request = (String, Vec<(String, String)>, Vec<u8>);
+
+fn read_head(s: &mut TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
     let mut b = [0u8; 4096];
     let end = loop {
