@@ -206,3 +206,51 @@ pub fn auto() -> Arc<dyn Progress> {
         Arc::new(TracingProgress::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implementations_take_every_event() {
+        let evs = [
+            ProgressEvent::DownloadStarted {
+                image: "i".into(),
+                digest: "sha256:0123456789abcdef".into(),
+                total: 10,
+            },
+            ProgressEvent::Downloaded {
+                digest: "sha256:0123456789abcdef".into(),
+                done: 5,
+                total: 10,
+            },
+            ProgressEvent::DownloadFinished {
+                digest: "sha256:0123456789abcdef".into(),
+            },
+            ProgressEvent::LayerCached { digest: "d".into() },
+            ProgressEvent::LayerUnpacked {
+                digest: "d".into(),
+                bytes: 1,
+            },
+            ProgressEvent::ImageReady {
+                image: "i".into(),
+                digest: "d".into(),
+            },
+        ];
+        let bar = IndicatifProgress {
+            multi: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::hidden(),
+            ),
+            bars: Mutex::new(HashMap::new()),
+        };
+        let lines = TracingProgress::new(Duration::ZERO);
+        for e in &evs {
+            bar.event(e);
+            lines.event(e);
+            NoProgress.event(e);
+            auto().event(e);
+        }
+        assert!(bar.bars.lock().unwrap().is_empty());
+        assert!(lines.last.lock().unwrap().is_empty());
+    }
+}
