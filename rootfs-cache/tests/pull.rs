@@ -157,6 +157,26 @@ async fn pull_stacks_gzip_zstd_and_plain_layers_in_overlay_form() {
         res.unwrap();
     }
 
+    // The production shape: overlay mounted with `userxattr` inside a user
+    // namespace (works unprivileged on Linux >= 5.11), reading user.overlay.opaque.
+    let mnt = dir.path().join("mnt-userns");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t overlay overlay -o userxattr,lowerdir={} {m} && test ! -e {m}/etc/gone && test -e {m}/etc/passwd && test ! -e {m}/opt/old/a && test -e {m}/opt/old/c && echo merged-ok",
+        image.lowerdir(),
+        m = mnt.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "merged-ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // No layer blobs kept, no scratch left; config + manifest kept.
     let blobs = tree(&store.root().join("blobs/sha256"));
     assert_eq!(blobs.len(), 2, "{blobs:?}");
