@@ -340,7 +340,23 @@ impl Store {
         }
         for e in &entries {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".lock") || name.starts_with(".new-") || live.contains(&name) {
+            if name.starts_with(".new-") {
+                // A lock file that was never renamed into place: only when old
+                // (it may be a Store opening right now) and unlocked.
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(600));
+                if old {
+                    if let Some(l) = Lock::try_exclusive(&e.path())? {
+                        let _ = fs::remove_file(l.path());
+                    }
+                }
+                continue;
+            }
+            if name.ends_with(".lock") || live.contains(&name) {
                 continue;
             }
             tracing::info!(path = %e.path().display(), "removing scratch left by a crashed process");

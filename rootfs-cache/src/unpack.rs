@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// What to do about file owners recorded in the layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Ownership {
     /// `lchown` every entry to its recorded uid/gid; fail if that is not permitted.
     Required,
@@ -28,8 +28,8 @@ pub enum Ownership {
     Skip,
 }
 
-/// Options of [`unpack_layer`].
-#[derive(Debug, Clone, Default)]
+/// Options of [`unpack_layer`] (serialisable, to hand to a helper process).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UnpackOptions {
     /// Name of the image, for error messages.
     pub image: String,
