@@ -24,6 +24,9 @@ apt-get install -y -qq --no-install-recommends \
   docker-registry skopeo \
   ca-certificates pkg-config gcc >/dev/null
 
+echo "== Python celery (the broker tests publish with the real Celery)"
+python3 -m pip install -q --disable-pip-version-check "celery==5.6.2" "kombu==5.6.2"
+
 echo "== test user $TEST_USER"
 if ! id "$TEST_USER" >/dev/null 2>&1; then
   useradd --create-home --shell /bin/bash "$TEST_USER"

@@ -8,10 +8,20 @@ use clap::{Args, Parser, Subcommand};
 use crate::sandbox::{Bind, Network};
 
 #[derive(Debug, Parser)]
-#[command(name = "compute-worker", version, about = "Codabench compute worker with rootless sandboxes and no container engine")]
+#[command(
+    name = "compute-worker",
+    version,
+    about = "Codabench compute worker with rootless sandboxes and no container engine"
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "COMPUTE_WORKER_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "COMPUTE_WORKER_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Cmd,
@@ -26,7 +36,74 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run one command in a rootless sandbox and exit with its exit code.
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
+    /// Pull an image from a registry into the image cache.
+    Pull(PullArgs),
+    /// List the cached images.
+    Images(ImagesArgs),
+    /// Evict least recently used images (never one a running job uses).
+    Prune(PruneArgs),
+    /// Import an OCI layout (directory or tarball) or a `docker save` archive.
+    Import(ImportArgs),
+}
+
+/// Where images are cached.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Image cache directory (default: $XDG_DATA_HOME/compute-worker/images).
+    #[arg(long, env = "COMPUTE_WORKER_IMAGE_DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// Size bound of the image cache, e.g. 50g (default 20 GiB).
+    #[arg(long, env = "COMPUTE_WORKER_IMAGE_CACHE_MAX", value_parser = parse_bytes)]
+    pub image_cache_max: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Image reference, e.g. busybox, python:3.12, registry:5000/team/img@sha256:...
+    pub image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Evict until the cache holds at most this much (default: the cache bound).
+    #[arg(long, value_parser = parse_bytes, conflicts_with = "all")]
+    pub keep: Option<u64>,
+    /// Evict every image not in use.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// OCI layout directory or tarball, or `docker save` archive.
+    pub path: PathBuf,
+    /// Name to give the image when the archive names none.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// Host-side settings every sandbox shares.
@@ -45,21 +122,27 @@ pub struct SandboxArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
     /// Root filesystem directory (never modified: writes go to a per-run layer).
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    pub rootfs: Option<PathBuf>,
+    /// Run on a cached image (pulled first if missing); its Env, WorkingDir,
+    /// User, Entrypoint and Cmd apply unless overridden.
     #[arg(long)]
-    pub rootfs: PathBuf,
+    pub image: Option<String>,
     /// Bind a host path: SRC:DST[:ro|:rw] (repeatable).
     #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
     pub binds: Vec<Bind>,
     /// Set an environment variable K=V (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<String>,
-    /// Working directory inside the sandbox.
-    #[arg(long, short = 'w', default_value = "/")]
-    pub workdir: String,
-    /// User inside the sandbox: UID[:GID].
-    #[arg(long, short = 'u', value_parser = parse_user, default_value = "0:0")]
-    pub user: (u32, u32),
+    /// Working directory inside the sandbox (default: the image's, else /).
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// User inside the sandbox: UID[:GID] (default: the image's, else 0).
+    #[arg(long, short = 'u', value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
     /// Network: none (only lo) or host.
     #[arg(long, default_value = "none")]
     pub network: Network,
@@ -84,8 +167,12 @@ pub struct ExecArgs {
     /// Keep what the run wrote (its upper layer) and print where it is.
     #[arg(long)]
     pub keep: bool,
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (default with --image: its Cmd).
+    #[arg(
+        trailing_var_arg = true,
+        required_unless_present = "image",
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -96,7 +183,17 @@ fn parse_env(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_user(s: &str) -> Result<(u32, u32), String> {
+/// `90s`, `5m`, `3h`, `2d`: a coarse age for listings.
+pub fn format_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+pub fn parse_user(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("`{s}` is not UID[:GID] (numbers)");
     let (u, g) = s.split_once(':').unwrap_or((s, s));
     Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
@@ -113,8 +210,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         Some((i, 't')) => (&t[..i], 1 << 40),
         _ => (t, 1),
     };
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 512m or 2g"))?;
-    if !(n > 0.0) {
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 512m or 2g"))?;
+    if n.is_nan() || n <= 0.0 {
         return Err(format!("`{s}`: a size must be positive"));
     }
     Ok((n * mult as f64) as u64)
@@ -136,7 +235,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (t, 1.0)
     };
     let n: f64 = num.parse().map_err(|_| bad())?;
-    if !(n >= 0.0) || !n.is_finite() {
+    if n.is_nan() || n < 0.0 || !n.is_finite() {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(n * mult))

@@ -1,6 +1,8 @@
 //! `compute-worker exec`: one command in a sandbox, as a thin layer over
 //! the sandbox library.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 
 use crate::cli::{ExecArgs, SandboxArgs};
@@ -37,6 +39,42 @@ pub fn sandbox_config(args: &SandboxArgs, limits_wanted: bool) -> Result<Sandbox
     Ok(cfg)
 }
 
+/// A run on `image`: its layers, Env, WorkingDir and User; `command`
+/// replaces its Cmd and follows its Entrypoint, as with `docker run`.
+pub fn image_run(image: &rootfs_cache::Image, command: Vec<String>) -> Result<RunSpec> {
+    let cfg = &image.config;
+    let mut argv: Vec<String> = cfg.entrypoint.clone().unwrap_or_default();
+    argv.extend(if command.is_empty() {
+        cfg.cmd.clone().unwrap_or_default()
+    } else {
+        command
+    });
+    if argv.is_empty() {
+        anyhow::bail!("{} has no Entrypoint or Cmd: give a command", image.name);
+    }
+    let mut run = RunSpec::new(PathBuf::new(), argv);
+    run.layers = image.layers.clone();
+    if let Some(env) = cfg.env.as_ref().filter(|e| !e.is_empty()) {
+        run.env = env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            run.env
+                .push(crate::sandbox::types::DEFAULT_PATH.to_string());
+        }
+    }
+    if let Some(w) = cfg.working_dir.as_ref().filter(|w| !w.is_empty()) {
+        run.cwd = w.clone();
+    }
+    if let Some(u) = cfg.user.as_ref().filter(|u| !u.is_empty()) {
+        (run.uid, run.gid) = crate::cli::parse_user(u).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: User `{u}` is not numeric; give --user UID[:GID]",
+                image.name
+            )
+        })?;
+    }
+    Ok(run)
+}
+
 /// Run the command; returns the exit code for the process.
 pub fn run(args: ExecArgs) -> Result<i32> {
     let limits = Limits {
@@ -45,10 +83,22 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         cpus: args.cpus.clone(),
     };
     let cfg = sandbox_config(&args.sandbox, !limits.is_empty())?;
-    let mut run = RunSpec::new(&args.rootfs, args.command);
+    // With --image, the lease keeps the image from eviction while it runs.
+    let (mut run, _lease) = match (&args.rootfs, &args.image) {
+        (Some(rootfs), _) => (RunSpec::new(rootfs, args.command), None),
+        (None, Some(reference)) => {
+            let (image, lease) = crate::images::get_or_pull(&args.images, &cfg, reference)?;
+            (image_run(&image, args.command)?, Some(lease))
+        }
+        (None, None) => anyhow::bail!("give --rootfs DIR or --image REF"),
+    };
     run.env.extend(args.env);
-    run.cwd = args.workdir;
-    (run.uid, run.gid) = args.user;
+    if let Some(w) = args.workdir {
+        run.cwd = w;
+    }
+    if let Some(user) = args.user {
+        (run.uid, run.gid) = user;
+    }
     run.binds = args.binds;
     run.network = args.network;
     run.limits = limits;
@@ -91,7 +141,10 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         other => eprintln!("compute-worker exec: {other}"),
     }
     if args.keep {
-        eprintln!("compute-worker exec: the run's writes are kept in {}", upper.display());
+        eprintln!(
+            "compute-worker exec: the run's writes are kept in {}",
+            upper.display()
+        );
     }
     Ok(outcome.exit_code())
 }

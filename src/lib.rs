@@ -5,8 +5,9 @@
 //! `rootfs-cache` crate.
 
 pub mod broker;
-pub mod job;
-pub mod sandbox;
 pub mod cli;
 pub mod exec;
+pub mod images;
+pub mod job;
+pub mod sandbox;
 pub mod site;

@@ -12,7 +12,11 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format, "info,libcontainer=warn,libcgroups=warn");
     let code = match cli.command {
-        Cmd::Exec(args) => compute_worker::exec::run(args),
+        Cmd::Exec(args) => compute_worker::exec::run(*args),
+        Cmd::Pull(args) => compute_worker::images::pull(args),
+        Cmd::Images(args) => compute_worker::images::list(args),
+        Cmd::Prune(args) => compute_worker::images::prune(args),
+        Cmd::Import(args) => compute_worker::images::import(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

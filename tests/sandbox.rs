@@ -20,14 +20,22 @@ static CGROUP_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn root_inside_is_the_user_and_ids_map_to_subordinate_range() {
     let e = env();
-    let out = e.sh("id -u; cat /proc/self/uid_map; cat /proc/self/gid_map").ok();
-    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    let out = e
+        .sh("id -u; cat /proc/self/uid_map; cat /proc/self/gid_map")
+        .ok();
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(lines[0], ["0"], "{out}");
     let uid = e.uid.to_string();
     let start = e.subuid_start.to_string();
     let count = e.subuid_count.to_string();
     assert!(lines.contains(&vec!["0", uid.as_str(), "1"]), "{out}");
-    assert!(lines.contains(&vec!["1", start.as_str(), count.as_str()]), "{out}");
+    assert!(
+        lines.contains(&vec!["1", start.as_str(), count.as_str()]),
+        "{out}"
+    );
 }
 
 #[test]
@@ -35,11 +43,18 @@ fn files_written_as_uid_1000_belong_to_the_subordinate_uid_on_the_host() {
     let e = env();
     let out = user_dir("owner-out", 0o777);
     let bind = format!("{}:/out", out.display());
-    e.exec(&["--bind", &bind, "--user", "1000:1000"], &["sh", "-c", "id -u; echo hi > /out/f"])
-        .ok();
+    e.exec(
+        &["--bind", &bind, "--user", "1000:1000"],
+        &["sh", "-c", "id -u; echo hi > /out/f"],
+    )
+    .ok();
     let meta = fs::metadata(out.join("f")).unwrap();
     assert_eq!(meta.uid(), e.subuid_start + 1000 - 1);
-    assert_eq!(meta.gid(), e.subuid_start + 1000 - 1, "same ranges in /etc/subgid");
+    assert_eq!(
+        meta.gid(),
+        e.subuid_start + 1000 - 1,
+        "same ranges in /etc/subgid"
+    );
     e.command(&["exec"]).output().unwrap(); // usage error only: nothing to clean
 }
 
@@ -57,7 +72,10 @@ fn sandbox_is_hardened() {
     assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
     assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    assert!(out.contains("/proc/keys=0"), "/proc/keys must be masked: {out}");
+    assert!(
+        out.contains("/proc/keys=0"),
+        "/proc/keys must be masked: {out}"
+    );
     for l in out.lines().filter(|l| l.starts_with("/proc/")) {
         assert!(l.ends_with("=0"), "must be masked: {l}");
     }
@@ -72,7 +90,9 @@ fn sandbox_is_hardened() {
     for d in &devs {
         assert!(allowed.contains(d), "unexpected /dev/{d} in {devs:?}");
     }
-    for d in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"] {
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+    ] {
         assert!(devs.contains(&d), "/dev/{d} missing: {devs:?}");
     }
 }
@@ -88,7 +108,10 @@ fn read_only_bind_refuses_writes() {
         &["sh", "-c", "cat /data/data; echo x > /data/data || echo refused; touch /data/new || echo refused-new"],
     );
     let out = r.ok();
-    assert!(out.contains("original") && out.contains("refused") && out.contains("refused-new"), "{out}");
+    assert!(
+        out.contains("original") && out.contains("refused") && out.contains("refused-new"),
+        "{out}"
+    );
     assert_eq!(fs::read_to_string(dir.join("data")).unwrap(), "original");
     assert!(!dir.join("new").exists());
 }
@@ -96,13 +119,25 @@ fn read_only_bind_refuses_writes() {
 #[test]
 fn network_none_has_only_loopback_up() {
     let e = env();
-    let out = e.sh("cat /proc/net/dev | tail -n +3 | cut -d: -f1; ip link show lo").ok();
-    let ifaces: Vec<&str> = out.lines().take_while(|l| !l.contains("<")).map(str::trim).collect();
+    let out = e
+        .sh("cat /proc/net/dev | tail -n +3 | cut -d: -f1; ip link show lo")
+        .ok();
+    let ifaces: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.contains("<"))
+        .map(str::trim)
+        .collect();
     assert_eq!(ifaces, ["lo"], "{out}");
     assert!(out.contains("UP"), "lo must be up: {out}");
-    let host = e.exec(&["--network", "host"], &["cat", "/proc/net/dev"]).ok();
+    let host = e
+        .exec(&["--network", "host"], &["cat", "/proc/net/dev"])
+        .ok();
     let host_ifaces = fs::read_to_string("/proc/net/dev").unwrap();
-    assert_eq!(host.lines().count(), host_ifaces.lines().count(), "host network shares the host's interfaces");
+    assert_eq!(
+        host.lines().count(),
+        host_ifaces.lines().count(),
+        "host network shares the host's interfaces"
+    );
 }
 
 #[test]
@@ -112,10 +147,19 @@ fn exit_codes_and_signals_propagate() {
     assert_eq!(e.sh("exit 0").code(), 0);
     let missing = e.exec(&[], &["no-such-command"]);
     assert_eq!(missing.code(), 127, "{}", missing.stderr());
-    assert!(missing.stderr().contains("no-such-command"), "{}", missing.stderr());
+    assert!(
+        missing.stderr().contains("no-such-command"),
+        "{}",
+        missing.stderr()
+    );
 
     // The program killed by a signal from outside: 128 + signal.
-    let child = e.exec_cmd(&[], &["sleep", "31337"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = e
+        .exec_cmd(&[], &["sleep", "31337"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = wait_for_process("sleep 31337");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -135,12 +179,19 @@ fn time_limit_kills_the_whole_tree() {
     let t = Instant::now();
     let r = e.exec(
         &["--timeout", "1"],
-        &["sh", "-c", "(sleep 4242 &); setsid sleep 4243 & nohup sleep 4244 >/dev/null 2>&1 & sleep 4245"],
+        &[
+            "sh",
+            "-c",
+            "(sleep 4242 &); setsid sleep 4243 & nohup sleep 4244 >/dev/null 2>&1 & sleep 4245",
+        ],
     );
     let took = t.elapsed();
     assert_eq!(r.code(), 124, "{}", r.stderr());
     assert!(r.stderr().contains("time limit exceeded"), "{}", r.stderr());
-    assert!(took < Duration::from_secs(4), "killed within 1 s of the limit, took {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "killed within 1 s of the limit, took {took:?}"
+    );
     let left = host_processes("sleep 424");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -157,10 +208,30 @@ fn pids_limit_stops_a_fork_bomb() {
     let _cg = CGROUP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
     let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg.iter().map(String::as_str).chain(["--pids", "40", "--timeout", "20"]).collect();
-    let r = e.exec(&opts, &["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 2; echo survived"]);
-    assert!(r.stdout().contains("survived"), "stdout: {} stderr: {}", r.stdout(), r.stderr());
-    assert!(r.stderr().contains("fork"), "the bomb must hit the limit: {}", r.stderr());
+    let opts: Vec<&str> = cg
+        .iter()
+        .map(String::as_str)
+        .chain(["--pids", "40", "--timeout", "20"])
+        .collect();
+    let r = e.exec(
+        &opts,
+        &[
+            "sh",
+            "-c",
+            "bomb() { bomb | bomb & }; bomb; sleep 2; echo survived",
+        ],
+    );
+    assert!(
+        r.stdout().contains("survived"),
+        "stdout: {} stderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("fork"),
+        "the bomb must hit the limit: {}",
+        r.stderr()
+    );
     assert!(!r.stderr().contains("limits are OFF"), "{}", r.stderr());
 }
 
@@ -169,9 +240,26 @@ fn memory_hog_is_reported_as_oom() {
     let _cg = CGROUP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
     let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg.iter().map(String::as_str).chain(["--memory", "32m"]).collect();
-    let r = e.exec(&opts, &["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]);
-    assert_eq!(r.code(), 123, "stdout: {} stderr: {}", r.stdout(), r.stderr());
+    let opts: Vec<&str> = cg
+        .iter()
+        .map(String::as_str)
+        .chain(["--memory", "32m"])
+        .collect();
+    let r = e.exec(
+        &opts,
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    assert_eq!(
+        r.code(),
+        123,
+        "stdout: {} stderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
     assert!(r.stderr().contains("out of memory"), "{}", r.stderr());
     assert!(!r.stdout().contains("survived"));
 }
@@ -181,8 +269,14 @@ fn cpuset_limit_pins_the_program() {
     let _cg = CGROUP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
     let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg.iter().map(String::as_str).chain(["--cpus", "0"]).collect();
-    let out = e.exec(&opts, &["grep", "Cpus_allowed_list", "/proc/self/status"]).ok();
+    let opts: Vec<&str> = cg
+        .iter()
+        .map(String::as_str)
+        .chain(["--cpus", "0"])
+        .collect();
+    let out = e
+        .exec(&opts, &["grep", "Cpus_allowed_list", "/proc/self/status"])
+        .ok();
     assert!(out.trim().ends_with("\t0"), "{out}");
 }
 
@@ -198,7 +292,9 @@ fn limits_without_delegated_cgroup_run_and_say_so() {
 fn rlimits_stay_within_the_hard_limit() {
     let e = env();
     let out = e.sh("ulimit -Hn; ulimit -n; ulimit -c").ok();
-    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap().1;
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap()
+        .1;
     let v: Vec<&str> = out.lines().collect();
     assert_eq!(v[0], hard.to_string(), "{out}");
     assert_eq!(v[1], hard.to_string(), "{out}");
@@ -213,12 +309,28 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
             fs::read_link(p).unwrap().display().to_string()
         } else if m.is_file() {
             let bytes = fs::read(p).unwrap();
-            format!("{:x}", bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3)))
+            format!(
+                "{:x}",
+                bytes
+                    .iter()
+                    .fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64)
+                        .wrapping_mul(0x100000001b3))
+            )
         } else {
             String::new()
         };
         let rel = p.strip_prefix(root).unwrap().display().to_string();
-        out.insert(rel, format!("{:o} {} {} {} {} {body}", m.mode(), m.uid(), m.gid(), m.size(), m.mtime()));
+        out.insert(
+            rel,
+            format!(
+                "{:o} {} {} {} {} {body}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.size(),
+                m.mtime()
+            ),
+        );
         if m.is_dir() {
             for e in fs::read_dir(p).unwrap() {
                 walk(root, &e.unwrap().path(), out);
@@ -241,13 +353,25 @@ fn rootfs_is_never_modified() {
     );
     assert!(r.ok().contains("done"));
     assert_eq!(snapshot(&e.rootfs), before);
-    assert!(e.sh("cat /etc/passwd").ok().contains("root:x:0:0"), "the next run sees the original rootfs");
+    assert!(
+        e.sh("cat /etc/passwd").ok().contains("root:x:0:0"),
+        "the next run sees the original rootfs"
+    );
 }
 
 #[test]
 fn read_only_rootfs_refuses_writes() {
     let e = env();
-    let out = e.exec(&["--read-only"], &["sh", "-c", "touch /x 2>&1 || echo refused; echo ok > /tmp/y 2>&1 || echo tmp-refused"]).ok();
+    let out = e
+        .exec(
+            &["--read-only"],
+            &[
+                "sh",
+                "-c",
+                "touch /x 2>&1 || echo refused; echo ok > /tmp/y 2>&1 || echo tmp-refused",
+            ],
+        )
+        .ok();
     assert!(out.contains("refused"), "{out}");
 }
 
@@ -256,9 +380,17 @@ fn keep_leaves_the_upper_layer() {
     let e = env();
     let r = e.exec(&["--keep"], &["sh", "-c", "echo kept > /root/result"]);
     r.ok();
-    let line = r.stderr().lines().find(|l| l.contains("kept in")).unwrap().to_string();
+    let line = r
+        .stderr()
+        .lines()
+        .find(|l| l.contains("kept in"))
+        .unwrap()
+        .to_string();
     let dir = line.rsplit(' ').next().unwrap();
-    assert_eq!(fs::read_to_string(Path::new(dir).join("root/result")).unwrap(), "kept\n");
+    assert_eq!(
+        fs::read_to_string(Path::new(dir).join("root/result")).unwrap(),
+        "kept\n"
+    );
     // A later start does not mistake it for a crashed run.
     e.sh("true").ok();
     assert!(Path::new(dir).join("root/result").exists());
@@ -268,7 +400,14 @@ fn keep_leaves_the_upper_layer() {
 fn output_streams_live_and_separately() {
     let e = env();
     let mut child = e
-        .exec_cmd(&[], &["sh", "-c", "echo first; echo to-stderr >&2; sleep 5; echo second"])
+        .exec_cmd(
+            &[],
+            &[
+                "sh",
+                "-c",
+                "echo first; echo to-stderr >&2; sleep 5; echo second",
+            ],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -278,7 +417,10 @@ fn output_streams_live_and_separately() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "first\n");
-    assert!(t.elapsed() < Duration::from_secs(4), "the first line must arrive while the program runs");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the first line must arrive while the program runs"
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut eline = String::new();
     stderr.read_line(&mut eline).unwrap();
@@ -294,10 +436,14 @@ fn hundred_megabytes_of_output_pass_without_growing_memory() {
     let e = env();
     let size: u64 = 100 * 1024 * 1024;
     let script = format!("head -c {size} /dev/zero");
-    let mut cmd = e.exec_cmd(&[], &["sh", "-c", &script]);
+    let cmd = e.exec_cmd(&[], &["sh", "-c", &script]);
     // Measure the peak RSS of everything on our side with GNU time.
     let mut timed = std::process::Command::new("/usr/bin/time");
-    timed.arg("-f").arg("maxrss=%M").arg(cmd.get_program()).args(cmd.get_args());
+    timed
+        .arg("-f")
+        .arg("maxrss=%M")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => timed.env(k, v),
@@ -305,7 +451,11 @@ fn hundred_megabytes_of_output_pass_without_growing_memory() {
         };
     }
     timed.current_dir(cmd.get_current_dir().unwrap());
-    let mut child = timed.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = timed
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 16];
     let mut out = child.stdout.take().unwrap();
@@ -320,7 +470,13 @@ fn hundred_megabytes_of_output_pass_without_growing_memory() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(total, size);
-    let kb: u64 = err.lines().find_map(|l| l.strip_prefix("maxrss=")).unwrap().trim().parse().unwrap();
+    let kb: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(kb < 64 * 1024, "peak RSS {kb} KiB grew with the output");
 }
 
@@ -330,22 +486,43 @@ fn nothing_is_left_after_runs() {
     let e = env();
     let state = user_dir("leftover-state", 0o755);
     let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg.iter().map(String::as_str).chain(["--pids", "100", "--memory", "256m"]).collect();
+    let opts: Vec<&str> = cg
+        .iter()
+        .map(String::as_str)
+        .chain(["--pids", "100", "--memory", "256m"])
+        .collect();
     for script in ["sleep 4260 & echo", "exit 3", "sleep 4261 & exec sleep 30"] {
         let opts = [opts.as_slice(), &["--timeout", "0.5"]].concat();
         let mut cmd = e.exec_cmd(&opts, &["sh", "-c", script]);
         cmd.env("COMPUTE_WORKER_STATE_DIR", &state);
         cmd.output().unwrap();
     }
-    assert!(host_processes("sleep 426").is_empty(), "{:?}", host_processes("sleep 426"));
+    assert!(
+        host_processes("sleep 426").is_empty(),
+        "{:?}",
+        host_processes("sleep 426")
+    );
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(e.work.to_str().unwrap()), "no mount of a run is visible on the host");
-    let runs: Vec<_> = fs::read_dir(state.join("runs")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(
+        !mounts.contains(e.work.to_str().unwrap()),
+        "no mount of a run is visible on the host"
+    );
+    let runs: Vec<_> = fs::read_dir(state.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert!(runs.is_empty(), "run directories left: {runs:?}");
     let rel = e.cgroup_parent.trim_start_matches('/');
     for h in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let Ok(entries) = fs::read_dir(h.path().join(rel)) else { continue };
-        let left: Vec<_> = entries.flatten().filter(|d| d.file_name().to_string_lossy().starts_with("cw-")).map(|d| d.path()).collect();
+        let Ok(entries) = fs::read_dir(h.path().join(rel)) else {
+            continue;
+        };
+        let left: Vec<_> = entries
+            .flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("cw-"))
+            .map(|d| d.path())
+            .collect();
         assert!(left.is_empty(), "cgroups left: {left:?}");
     }
 }
@@ -354,16 +531,29 @@ fn nothing_is_left_after_runs() {
 fn sigkill_of_exec_kills_the_sandbox_and_the_next_start_cleans_up() {
     let e = env();
     let state = user_dir("sigkill-state", 0o755);
-    let mut cmd = e.exec_cmd(&[], &["sh", "-c", "sleep 4270 & echo x > /tmp/f; exec sleep 4271"]);
-    cmd.env("COMPUTE_WORKER_STATE_DIR", &state).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut cmd = e.exec_cmd(
+        &[],
+        &["sh", "-c", "sleep 4270 & echo x > /tmp/f; exec sleep 4271"],
+    );
+    cmd.env("COMPUTE_WORKER_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     wait_for_process("sleep 4271");
     // Kill `compute-worker exec` itself (setpriv execs it: same pid).
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
     child.wait().unwrap();
     let t = Instant::now();
     while !host_processes("sleep 427").is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(5), "sandbox outlived exec: {:?}", host_processes("sleep 427"));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "sandbox outlived exec: {:?}",
+            host_processes("sleep 427")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let runs = state.join("runs");
@@ -373,7 +563,11 @@ fn sigkill_of_exec_kills_the_sandbox_and_the_next_start_cleans_up() {
     next.env("COMPUTE_WORKER_STATE_DIR", &state);
     let out = next.output().unwrap();
     assert!(out.status.success());
-    assert_eq!(fs::read_dir(&runs).unwrap().count(), 0, "the next start removes it");
+    assert_eq!(
+        fs::read_dir(&runs).unwrap().count(),
+        0,
+        "the next start removes it"
+    );
 }
 
 #[test]
@@ -397,7 +591,10 @@ fn missing_subordinate_ids_name_the_file_to_fix() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
-    assert!(err.contains("/etc/subuid") && err.contains("usermod"), "{err}");
+    assert!(
+        err.contains("/etc/subuid") && err.contains("usermod"),
+        "{err}"
+    );
     let _ = fs::remove_dir_all(&state);
 }
 
@@ -408,7 +605,10 @@ fn wait_for_process(needle: &str) -> i32 {
         if let Some(p) = host_processes(needle).first() {
             return p.split(':').next().unwrap().parse().unwrap();
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "{needle} never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{needle} never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -84,7 +84,9 @@ pub fn delegation(parent: &Path) -> Result<Delegation, String> {
                 let m = mounts
                     .iter()
                     .find(|m| controllers_of(m).any(|c| c == *required))
-                    .ok_or_else(|| format!("the cgroup v1 `{required}` controller is not mounted"))?;
+                    .ok_or_else(|| {
+                        format!("the cgroup v1 `{required}` controller is not mounted")
+                    })?;
                 usable(&m.join(rel))?;
             }
             for m in mounts {
@@ -106,7 +108,10 @@ fn controllers_of(mount: &Path) -> impl Iterator<Item = String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.split(',').map(str::to_string).collect::<Vec<_>>().into_iter()
+    name.split(',')
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// Mount points of the v1 controllers youki will use.
@@ -203,7 +208,10 @@ impl Delegation {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if e.path().is_dir() && name.starts_with(super::rundir::RUN_PREFIX) && !is_live(&name) {
+                if e.path().is_dir()
+                    && name.starts_with(super::rundir::RUN_PREFIX)
+                    && !is_live(&name)
+                {
                     let _ = remove_cgroup_tree(&e.path());
                 }
             }

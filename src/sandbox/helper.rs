@@ -71,9 +71,24 @@ fn run_helper() -> Result<()> {
         Task::Remove { paths } => {
             let errors = paths
                 .iter()
-                .filter_map(|p| remove_tree(p).err().map(|e| format!("{}: {e}", p.display())))
+                .filter_map(|p| {
+                    remove_tree(p)
+                        .err()
+                        .map(|e| format!("{}: {e}", p.display()))
+                })
                 .collect();
             wire::send(&mut control, &Event::Removed { errors })?;
+            Ok(())
+        }
+        Task::Unpack {
+            blob,
+            media_type,
+            dest,
+            opts,
+        } => {
+            let result = rootfs_cache::unpack_layer(&blob, &media_type, &dest, &opts)
+                .map_err(|e| e.to_string());
+            wire::send(&mut control, &Event::Unpacked { result })?;
             Ok(())
         }
         Task::Run {
@@ -237,9 +252,10 @@ impl Keeper {
             path,
             mems: mems.as_deref(),
         });
-        let nofile_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map(|(_, hard)| hard)
-            .unwrap_or(1024);
+        let nofile_hard =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(_, hard)| hard)
+                .unwrap_or(1024);
         let config = spec::build(&self.run, rootfs, cg.as_ref(), nofile_hard);
         fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)
             .context("writing config.json")?;
@@ -372,7 +388,6 @@ impl Keeper {
             }
         }
     }
-
 }
 
 /// On a cgroup v1 host with no delegated subtree, present libcontainer a
@@ -415,12 +430,10 @@ fn mask_hierarchy(mount_point: &Path, run_path: &Path) -> Result<()> {
 fn kill_all_and_reap() {
     // From pid 1 of a namespace, kill(-1) reaches every other process in it.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break, // ECHILD: nothing left
-        }
-    }
+    // Until ECHILD: nothing is left.
+    while let Ok(_) | Err(nix::errno::Errno::EINTR) =
+        waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL))
+    {}
 }
 
 fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
@@ -449,7 +462,9 @@ fn open_dev_null() -> Result<OwnedFd> {
 /// The exit code for a setup failure: 127 when the command is missing, 126
 /// when it cannot be executed, 125 otherwise.
 fn classify_error(message: &str) -> i32 {
-    if message.contains("not found in $PATH") || message.contains("No such file or directory") && message.contains("execvp") {
+    if message.contains("not found in $PATH")
+        || message.contains("No such file or directory") && message.contains("execvp")
+    {
         exit_code::NOT_FOUND
     } else if message.contains("does not have correct permissions") {
         exit_code::NOT_EXECUTABLE
@@ -457,4 +472,3 @@ fn classify_error(message: &str) -> i32 {
         exit_code::SANDBOX_ERROR
     }
 }
-

@@ -238,9 +238,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("subuid");
         fs::write(&f, "alice:100000:65536\n# x\n1001:200000:1000\n").unwrap();
-        assert_eq!(subordinate_range(&f, "alice", 1000).unwrap(), (100000, 65536));
+        assert_eq!(
+            subordinate_range(&f, "alice", 1000).unwrap(),
+            (100000, 65536)
+        );
         assert_eq!(subordinate_range(&f, "bob", 1001).unwrap(), (200000, 1000));
-        let err = subordinate_range(&f, "carol", 1002).unwrap_err().to_string();
+        let err = subordinate_range(&f, "carol", 1002)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("carol") && err.contains("usermod"), "{err}");
     }
 

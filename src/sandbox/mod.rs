@@ -120,12 +120,39 @@ impl SandboxConfig {
 
     /// Delete paths as root of a user namespace with this config's maps.
     pub fn remove_as_root(&self, paths: Vec<PathBuf>) -> Result<Vec<String>, SandboxError> {
-        let mut h = Helper::spawn(self, &Task::Remove { paths }, None, None, None)?;
-        match h.next_event()? {
-            Event::Removed { errors } => {
-                let _ = h.child.wait();
-                Ok(errors)
-            }
+        match self.one_shot(&Task::Remove { paths })? {
+            Event::Removed { errors } => Ok(errors),
+            other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Run a task that answers with one event, and wait for the helper.
+    fn one_shot(&self, task: &Task) -> Result<Event, SandboxError> {
+        let mut h = Helper::spawn(self, task, None, None, None)?;
+        let event = h.next_event();
+        let _ = h.child.wait();
+        event
+    }
+}
+
+impl SandboxConfig {
+    /// Unpack an image layer as root of a user namespace with this
+    /// config's maps, so files keep the owners the image gives them.
+    pub fn unpack_layer(
+        &self,
+        blob: &Path,
+        media_type: &str,
+        dest: &Path,
+        opts: &rootfs_cache::UnpackOptions,
+    ) -> Result<Result<rootfs_cache::UnpackReport, String>, SandboxError> {
+        let task = Task::Unpack {
+            blob: blob.to_path_buf(),
+            media_type: media_type.to_string(),
+            dest: dest.to_path_buf(),
+            opts: opts.clone(),
+        };
+        match self.one_shot(&task)? {
+            Event::Unpacked { result } => Ok(result),
             other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
         }
     }
@@ -237,7 +264,10 @@ fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
 fn output_fds(o: &Output) -> io::Result<(Option<File>, Option<OwnedFd>)> {
     match o {
         Output::Inherit => Ok((None, None)),
-        Output::Null => Ok((None, Some(File::options().write(true).open("/dev/null")?.into()))),
+        Output::Null => Ok((
+            None,
+            Some(File::options().write(true).open("/dev/null")?.into()),
+        )),
         Output::Pipe => {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             Ok((Some(File::from(r)), Some(w)))

@@ -9,7 +9,6 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-
 /// A file that marks a run directory kept on purpose (`keep_upper`).
 pub const KEPT: &str = "kept";
 

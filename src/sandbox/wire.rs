@@ -29,6 +29,14 @@ pub enum Task {
     },
     /// Delete directories whose files belong to subordinate ids.
     Remove { paths: Vec<PathBuf> },
+    /// Unpack an image layer so that its files keep their owners (uid 33
+    /// in the image is uid 33 in the sandbox).
+    Unpack {
+        blob: PathBuf,
+        media_type: String,
+        dest: PathBuf,
+        opts: rootfs_cache::UnpackOptions,
+    },
 }
 
 /// Caller → helper.
@@ -53,6 +61,10 @@ pub enum Event {
     Failed { message: String, code: i32 },
     /// A `Remove` task is done.
     Removed { errors: Vec<String> },
+    /// An `Unpack` task is done.
+    Unpacked {
+        result: Result<rootfs_cache::UnpackReport, String>,
+    },
 }
 
 pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {

@@ -58,7 +58,9 @@ fn subuid_range(user: &str) -> (u32, u32) {
                 Some((start, count))
             })?
         })
-        .unwrap_or_else(|| panic!("no /etc/subuid range for `{user}`: run `sudo scripts/dev-setup.sh`"))
+        .unwrap_or_else(|| {
+            panic!("no /etc/subuid range for `{user}`: run `sudo scripts/dev-setup.sh`")
+        })
 }
 
 fn setup() -> Env {
@@ -96,7 +98,8 @@ fn setup() -> Env {
         rootfs,
         work,
         state_dir,
-        cgroup_parent: std::env::var("COMPUTE_WORKER_TEST_CGROUP").unwrap_or_else(|_| "/cw-test".into()),
+        cgroup_parent: std::env::var("COMPUTE_WORKER_TEST_CGROUP")
+            .unwrap_or_else(|_| "/cw-test".into()),
         as_root,
     }
 }
@@ -104,8 +107,13 @@ fn setup() -> Env {
 /// A minimal rootfs: busybox-static and its applet links, /etc/passwd.
 pub fn build_busybox_rootfs(root: &Path) {
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.exists(), "/bin/busybox is missing: apt-get install busybox-static");
-    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home", "usr/bin", "sbin"] {
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    for d in [
+        "bin", "etc", "tmp", "root", "proc", "sys", "dev", "home", "usr/bin", "sbin",
+    ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
@@ -116,8 +124,16 @@ pub fn build_busybox_rootfs(root: &Path) {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
     }
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n").unwrap();
-    fs::write(root.join("etc/group"), "root:x:0:\ntty:x:5:\nuser:x:1000:\n").unwrap();
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\ntty:x:5:\nuser:x:1000:\n",
+    )
+    .unwrap();
 }
 
 pub fn chown_tree(p: &Path, uid: u32, gid: u32) {
@@ -202,7 +218,13 @@ impl Run {
     }
     #[track_caller]
     pub fn ok(&self) -> String {
-        assert_eq!(self.code(), 0, "stdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        assert_eq!(
+            self.code(),
+            0,
+            "stdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
         self.stdout()
     }
 }
