@@ -37,6 +37,9 @@ pub enum LogFormat {
 pub enum Cmd {
     /// Run one command in a rootless sandbox and exit with its exit code.
     Exec(Box<ExecArgs>),
+    /// Run one submission locally through both steps (no broker, no site);
+    /// with no bundles, the embedded demo competition, offline.
+    Run(Box<LocalRunArgs>),
     /// Pull an image from a registry into the image cache.
     Pull(PullArgs),
     /// List the cached images.
@@ -45,6 +48,58 @@ pub enum Cmd {
     Prune(PruneArgs),
     /// Import an OCI layout (directory or tarball) or a `docker save` archive.
     Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocalRunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Competition image (pulled into the cache if missing).
+    #[arg(long, conflicts_with = "rootfs")]
+    pub image: Option<String>,
+    /// A root filesystem directory to use instead of an image.
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
+    /// The submission: a directory or a zip (code, or results).
+    #[arg(long)]
+    pub submission: Option<PathBuf>,
+    #[arg(long)]
+    pub ingestion_program: Option<PathBuf>,
+    #[arg(long)]
+    pub input_data: Option<PathBuf>,
+    #[arg(long)]
+    pub reference_data: Option<PathBuf>,
+    #[arg(long)]
+    pub scoring_program: Option<PathBuf>,
+    /// Run the ingestion program in the scoring step instead.
+    #[arg(long)]
+    pub ingestion_only_during_scoring: bool,
+    /// Organiser data mounted read-only at /app/data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Execution time limit of each step in seconds (0: none).
+    #[arg(long, default_value_t = 600)]
+    pub time_limit: u64,
+    /// Where the results, logs and scores go.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Network of the programs: host or none.
+    #[arg(long, default_value = "host")]
+    pub network: Network,
+    /// Memory limit per program, e.g. 2g (needs a delegated cgroup).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Process limit per program (needs a delegated cgroup).
+    #[arg(long)]
+    pub pids: Option<i64>,
+    /// cpuset per program (needs a delegated cgroup).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Keep each step's job directory (as CODALAB_IGNORE_CLEANUP_STEP).
+    #[arg(long)]
+    pub keep_job_dirs: bool,
 }
 
 /// Where images are cached.

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod exec;
 pub mod images;
 pub mod job;
+pub mod run;
 pub mod sandbox;
 pub mod site;

@@ -13,6 +13,7 @@ fn main() {
     init_logging(cli.log_format, "info,libcontainer=warn,libcgroups=warn");
     let code = match cli.command {
         Cmd::Exec(args) => compute_worker::exec::run(*args),
+        Cmd::Run(args) => compute_worker::run::run(*args),
         Cmd::Pull(args) => compute_worker::images::pull(args),
         Cmd::Images(args) => compute_worker::images::list(args),
         Cmd::Prune(args) => compute_worker::images::prune(args),

@@ -10,6 +10,23 @@
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
+/// Copy a directory tree: directories and regular files only (a bundle
+/// given as a folder, or a result submission copied to the output).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let t = e.file_type()?;
+        if t.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if t.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
 /// Limits for [`extract_zip`].
 #[derive(Debug, Clone, Copy)]
 pub struct UnzipLimits {

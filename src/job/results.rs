@@ -94,8 +94,75 @@ pub fn cap_log(data: &[u8], max: usize) -> Vec<u8> {
     out
 }
 
+/// A stream captured for upload with bounded memory: the first and last
+/// `max / 2` bytes, with the same marker as [`cap_log`] for what was cut.
+#[derive(Debug)]
+pub struct LogCapture {
+    max: usize,
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl LogCapture {
+    pub fn new(max: usize) -> Self {
+        LogCapture {
+            max,
+            head: Vec::new(),
+            tail: std::collections::VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        let half = self.max / 2;
+        let room = (self.max - half).saturating_sub(self.head.len());
+        let take = room.min(data.len());
+        self.head.extend_from_slice(&data[..take]);
+        data = &data[take..];
+        if data.len() > half {
+            data = &data[data.len() - half..];
+            self.tail.clear();
+        }
+        self.tail.extend(data);
+        while self.tail.len() > half {
+            self.tail.pop_front();
+        }
+    }
+
+    /// The captured bytes, with a marker where output was omitted.
+    pub fn finish(self) -> Vec<u8> {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let mut out = self.head;
+        if self.total > kept {
+            out.extend_from_slice(
+                format!(
+                    "\n[compute-worker: {} bytes of output omitted here]\n",
+                    self.total - kept
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend(self.tail);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capture_matches_cap_log() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for max in [100, 101, 5000, 20_000] {
+            let mut c = super::LogCapture::new(max);
+            for chunk in data.chunks(37) {
+                c.push(chunk);
+            }
+            assert_eq!(c.finish(), super::cap_log(&data, max), "max {max}");
+        }
+    }
+
     use super::*;
 
     #[test]
