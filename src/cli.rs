@@ -14,6 +14,10 @@ use crate::sandbox::{Bind, Network};
     about = "Codabench compute worker with rootless sandboxes and no container engine"
 )]
 pub struct Cli {
+    /// A .env file with Codabench's variable names (default: ./.env if it
+    /// exists); the environment wins over it.
+    #[arg(long, global = true)]
+    pub env_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(
         long,
@@ -37,6 +41,8 @@ pub enum LogFormat {
 pub enum Cmd {
     /// Run one command in a rootless sandbox and exit with its exit code.
     Exec(Box<ExecArgs>),
+    /// Consume Codabench `compute_worker_run` tasks (the drop-in worker).
+    Serve(Box<ServeArgs>),
     /// Run one submission locally through both steps (no broker, no site);
     /// with no bundles, the embedded demo competition, offline.
     Run(Box<LocalRunArgs>),
@@ -48,6 +54,32 @@ pub enum Cmd {
     Prune(PruneArgs),
     /// Import an OCI layout (directory or tarball) or a `docker save` archive.
     Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Jobs run at the same time, each on its own channel (prefetch 1).
+    #[arg(long, default_value_t = 1, env = "COMPUTE_WORKER_SLOTS")]
+    pub slots: usize,
+    /// Queue name (Codabench's is `compute-worker`).
+    #[arg(long, env = "COMPUTE_WORKER_QUEUE")]
+    pub queue: Option<String>,
+    /// Verify the broker's TLS certificate (Codabench's worker does not).
+    #[arg(long)]
+    pub verify_broker_tls: bool,
+    /// Memory limit per program, e.g. 8g (needs a delegated cgroup).
+    #[arg(long, value_parser = parse_bytes, env = "COMPUTE_WORKER_MEMORY")]
+    pub memory: Option<u64>,
+    /// Process limit per program (needs a delegated cgroup).
+    #[arg(long, env = "COMPUTE_WORKER_PIDS")]
+    pub pids: Option<i64>,
+    /// cpuset per program (needs a delegated cgroup).
+    #[arg(long, env = "COMPUTE_WORKER_CPUS")]
+    pub cpus: Option<String>,
 }
 
 #[derive(Debug, Args)]

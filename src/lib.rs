@@ -11,4 +11,5 @@ pub mod images;
 pub mod job;
 pub mod run;
 pub mod sandbox;
+pub mod serve;
 pub mod site;

@@ -9,10 +9,25 @@ fn main() {
         init_logging(LogFormat::Human, "error,libcontainer=off,libcgroups=off");
         compute_worker::sandbox::helper::main();
     }
+    // A .env file (Codabench's names) fills what the environment lacks;
+    // it must be read before clap looks at `env = ...` defaults.
+    let env_file = env_file_arg();
+    match &env_file {
+        Some(path) => {
+            if let Err(e) = dotenvy::from_path(path) {
+                eprintln!("compute-worker: cannot read {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        }
+        None => {
+            let _ = dotenvy::dotenv();
+        }
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, "info,libcontainer=warn,libcgroups=warn");
     let code = match cli.command {
         Cmd::Exec(args) => compute_worker::exec::run(*args),
+        Cmd::Serve(args) => compute_worker::serve::run(*args),
         Cmd::Run(args) => compute_worker::run::run(*args),
         Cmd::Pull(args) => compute_worker::images::pull(args),
         Cmd::Images(args) => compute_worker::images::list(args),
@@ -26,6 +41,24 @@ fn main() {
             std::process::exit(1)
         }
     }
+}
+
+/// `--env-file PATH` / `--env-file=PATH`, looked up before clap runs.
+fn env_file_arg() -> Option<std::path::PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let a = a.to_string_lossy().into_owned();
+        if a == "--env-file" {
+            return args.next().map(Into::into);
+        }
+        if let Some(p) = a.strip_prefix("--env-file=") {
+            return Some(p.into());
+        }
+        if a == "--" {
+            break;
+        }
+    }
+    None
 }
 
 fn init_logging(format: LogFormat, default: &str) {

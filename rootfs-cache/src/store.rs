@@ -465,7 +465,7 @@ impl Store {
         let (bytes, _) = client
             .pull_manifest_raw(&oref, &auth, manifest::ACCEPT)
             .await
-            .map_err(|e| reg_err(&e))?;
+            .map_err(|e| reg_err(&explain_manifest_error(r, &e)))?;
         let mut digest = format!("sha256:{}", sha256_hex(&bytes));
         if let Some(want) = &r.digest {
             if *want != digest {
@@ -541,8 +541,16 @@ impl Store {
                 ),
             });
         }
-        let records: Vec<LayerRecord> = futures_util::stream::iter(layers.iter().zip(&diff_ids))
+        // The futures are built before streaming them: a closure mapping
+        // borrowed items to futures inside the stream makes the whole pull
+        // future not provably `Send` (a rustc limitation with higher-ranked
+        // lifetimes), and callers spawn it on a multi-threaded runtime.
+        let fetches: Vec<_> = layers
+            .iter()
+            .zip(&diff_ids)
             .map(|(l, d)| self.ensure_layer(name, source, l, d, progress))
+            .collect();
+        let records: Vec<LayerRecord> = futures_util::stream::iter(fetches)
             .buffered(self.inner.opts.max_concurrent_downloads.max(1))
             .try_collect()
             .await?;
@@ -1553,5 +1561,45 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a failed manifest GET means for the user, and what to do.
+fn explain_manifest_error(r: &ImageRef, e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+    let what = match (&r.tag, &r.digest) {
+        (_, Some(d)) => format!("{}@{d}", r.repository),
+        (Some(t), None) => format!("{}:{t}", r.repository),
+        (None, None) => r.repository.clone(),
+    };
+    let codes: Vec<&C> = match e {
+        E::RegistryError { envelope, .. } => envelope.errors.iter().map(|e| &e.code).collect(),
+        _ => Vec::new(),
+    };
+    let has = |c: &[C]| codes.iter().any(|x| c.contains(x));
+    if matches!(e, E::ImageManifestNotFoundError(_)) || has(&[C::ManifestUnknown, C::NotFound]) {
+        format!(
+            "image not found: {} has no {what} (manifest unknown); check the name and the tag",
+            r.registry
+        )
+    } else if has(&[C::NameUnknown, C::NameInvalid]) {
+        format!(
+            "repository not found: {} has no repository {}; check the name",
+            r.registry, r.repository
+        )
+    } else if matches!(e, E::UnauthorizedError { .. } | E::AuthenticationFailure(_))
+        || has(&[C::Unauthorized, C::Denied])
+    {
+        format!(
+            "access denied to {what} ({e}); the image does not exist or needs credentials: \
+             add them to an auth file (e.g. ~/.docker/config.json or $REGISTRY_AUTH_FILE)"
+        )
+    } else if let E::RequestError(re) = e {
+        format!(
+            "cannot reach {} ({re}); check the address and the network",
+            r.registry
+        )
+    } else {
+        e.to_string()
     }
 }
