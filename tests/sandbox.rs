@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sandbox_env::{env, host_processes, user_dir};
+use sandbox_env::{env, host_processes, user_dir, wait_for_process};
 
 /// Serializes the tests that use the delegated cgroup subtree, so that
 /// `nothing_is_left_after_runs` can check it is empty afterwards.
@@ -596,19 +596,4 @@ fn missing_subordinate_ids_name_the_file_to_fix() {
         "{err}"
     );
     let _ = fs::remove_dir_all(&state);
-}
-
-/// Host pid of the process whose command line contains `needle`.
-fn wait_for_process(needle: &str) -> i32 {
-    let t = Instant::now();
-    loop {
-        if let Some(p) = host_processes(needle).first() {
-            return p.split(':').next().unwrap().parse().unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{needle} never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use rootfs_cache::{NoProgress, Store, StoreOptions};
 
@@ -176,48 +174,6 @@ fn crash_leftovers_are_cleaned_at_open_but_live_scratch_is_not() {
 
 // ------------------------------------------------------------------ import
 
-fn write_blob(layout: &Path, data: &[u8]) -> String {
-    let d = sha(data);
-    let p = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join(&d[7..]), data).unwrap();
-    d
-}
-
-fn oci_layout(layout: &Path, img: &TestImage, ref_name: &str) {
-    std::fs::create_dir_all(layout).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    for l in &img.layers {
-        write_blob(layout, &l.blob);
-    }
-    write_blob(layout, &img.config);
-    let m = img.manifest(false);
-    let md = write_blob(layout, &m);
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": md, "size": m.len(),
-                "annotations": {"org.opencontainers.image.ref.name": ref_name}
-            }]
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-}
-
-fn tar_dir(src: &Path, out: &Path) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    b.append_dir_all(".", src).unwrap();
-    b.finish().unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_oci_layout_directory_and_archive() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,7 +182,7 @@ async fn import_oci_layout_directory_and_archive() {
         layer(&[file("hello", b"hi")], Comp::Zstd),
     ]);
     let layout = dir.path().join("layout");
-    oci_layout(&layout, &img, "example.org/tools/bb:1.0");
+    write_oci_layout(&layout, &img, "example.org/tools/bb:1.0");
     let store = Store::open(dir.path().join("s"), opts(dir.path())).unwrap();
     let got = store.import(&layout, None, &NoProgress).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -240,7 +196,7 @@ async fn import_oci_layout_directory_and_archive() {
 
     // oci-archive: a tarball of the layout, with a bare tag as its ref name.
     let layout2 = dir.path().join("layout2");
-    oci_layout(&layout2, &img, "v2");
+    write_oci_layout(&layout2, &img, "v2");
     let archive = dir.path().join("My_Tool.tar");
     tar_dir(&layout2, &archive);
     let got2 = store.import(&archive, None, &NoProgress).await.unwrap();
@@ -259,7 +215,7 @@ async fn import_oci_layout_directory_and_archive() {
     // A corrupted blob in the layout is refused.
     let bad = dir.path().join("bad");
     let img2 = TestImage::new(vec![layer(&[file("other", b"o")], Comp::Gzip)]);
-    oci_layout(&bad, &img2, "bad:1");
+    write_oci_layout(&bad, &img2, "bad:1");
     let ld = img2.layers[0].digest();
     let p = bad.join("blobs/sha256").join(&ld[7..]);
     let mut b = std::fs::read(&p).unwrap();
@@ -366,7 +322,7 @@ async fn remove_refuses_leased_images_and_collects_layers() {
     let dir = tempfile::tempdir().unwrap();
     let img = TestImage::new(vec![layer(&[file("only", b"1")], Comp::Gzip)]);
     let layout = dir.path().join("layout");
-    oci_layout(&layout, &img, "localhost/rm:1");
+    write_oci_layout(&layout, &img, "localhost/rm:1");
     let store = Store::open(dir.path().join("s"), opts(dir.path())).unwrap();
     let got = store.import(&layout, None, &NoProgress).await.unwrap();
     let lease = store.lease(&got[0]).unwrap();

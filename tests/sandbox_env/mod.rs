@@ -13,6 +13,9 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use test_support::build_busybox_rootfs;
 
 pub struct Env {
     pub user: String,
@@ -104,38 +107,6 @@ fn setup() -> Env {
     }
 }
 
-/// A minimal rootfs: busybox-static and its applet links, /etc/passwd.
-pub fn build_busybox_rootfs(root: &Path) {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "/bin/busybox is missing: apt-get install busybox-static"
-    );
-    for d in [
-        "bin", "etc", "tmp", "root", "proc", "sys", "dev", "home", "usr/bin", "sbin",
-    ] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-    fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\ntty:x:5:\nuser:x:1000:\n",
-    )
-    .unwrap();
-}
-
 pub fn chown_tree(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
     if fs::symlink_metadata(p).unwrap().is_dir() {
@@ -175,8 +146,23 @@ impl Env {
             .env("HOME", &self.work)
             .env("COMPUTE_WORKER_STATE_DIR", &self.state_dir)
             .env_remove("COMPUTE_WORKER_CGROUP_PARENT")
+            .env_remove("COMPUTE_WORKER_IMAGE_DIR")
+            .env_remove("COMPUTE_WORKER_IMAGE_CACHE_MAX")
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// `compute-worker ARGS` as the test user, with the image cache in
+    /// `image_dir`.
+    pub fn images_command(&self, image_dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.command(args);
+        cmd.env("COMPUTE_WORKER_IMAGE_DIR", image_dir);
+        cmd
+    }
+
+    /// Run `compute-worker ARGS` with the image cache in `image_dir`.
+    pub fn images_run(&self, image_dir: &Path, args: &[&str]) -> Run {
+        Run(self.images_command(image_dir, args).output().unwrap())
     }
 
     /// `compute-worker exec [OPTS] --rootfs <busybox> -- CMD...`
@@ -241,4 +227,19 @@ pub fn host_processes(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Host pid of the process whose command line contains `needle`.
+pub fn wait_for_process(needle: &str) -> i32 {
+    let t = Instant::now();
+    loop {
+        if let Some(p) = host_processes(needle).first() {
+            return p.split(':').next().unwrap().parse().unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{needle} never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
