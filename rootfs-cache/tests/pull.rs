@@ -437,6 +437,7 @@ async fn basic_auth_from_auth_file_and_search_registries() {
     // Without credentials: refused.
     let err = store.pull("team/tool:2", &NoProgress).await.unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    assert!(err.to_string().contains("needs credentials"), "{err}");
     assert!(store.images().unwrap().is_empty());
 
     use base64::Engine;
@@ -504,6 +505,7 @@ async fn bearer_token_auth_with_credentials_from_docker_config() {
     let name = format!("{}/private/app:1", proxy.host());
     let err = store.pull(&name, &NoProgress).await.unwrap_err();
     assert!(matches!(err, Error::Registry { .. }), "{err}");
+    assert!(err.to_string().contains("needs credentials"), "{err}");
     assert_eq!(
         proxy
             .tokens_issued
@@ -530,4 +532,37 @@ async fn bearer_token_auth_with_credentials_from_docker_config() {
             .load(std::sync::atomic::Ordering::SeqCst)
             >= 1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_tag_and_repository_say_so() {
+    let reg = Registry::start();
+    push(
+        &reg.host(),
+        "there/app:1",
+        &TestImage::new(vec![busybox_layer(Comp::Gzip)]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s"), opts(dir.path())).unwrap();
+    let tag = format!("{}/there/app:nope", reg.host());
+    let err = store.pull(&tag, &NoProgress).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&tag) && err.contains("image not found") && err.contains("there/app:nope"),
+        "{err}"
+    );
+    let repo = format!("{}/nowhere/app:1", reg.host());
+    let err = store
+        .pull(&repo, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&repo) && err.contains("not found"), "{err}");
+    let down = format!("127.0.0.1:{}/x/y:1", free_port());
+    let err = store
+        .pull(&down, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach 127.0.0.1:"), "{err}");
 }

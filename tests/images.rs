@@ -1,0 +1,264 @@
+//! The image verbs (`pull`, `images`, `prune`, `import`, `exec --image`)
+//! driven as the unprivileged test user, against a real registry
+//! (Debian's docker-registry) on 127.0.0.1.
+
+mod sandbox_env;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sandbox_env::{chown_tree, env, user_dir, wait_for_process, Run};
+use test_support::{
+    busybox_rootfs_layer, file, layer, push, tar_dir, write_oci_layout, Comp, Registry, TestImage,
+    E,
+};
+
+/// The test image: the busybox rootfs, then a layer with a file owned by
+/// uid 33 and a file the third layer deletes with a whiteout.
+struct Pushed {
+    reference: String,
+    digest: String,
+    /// The diff id of the layer holding /srv/www-owned.
+    owned_layer: String,
+}
+
+const CMD_OUTPUT: &str = "hello from the image\n/srv/app\n33\n";
+
+fn image() -> TestImage {
+    TestImage::with_config(
+        vec![
+            busybox_rootfs_layer(Comp::Gzip),
+            layer(
+                &[
+                    E::Dir("srv", 0),
+                    E::Dir("srv/app", 33),
+                    E::File("srv/www-owned".into(), b"www".to_vec(), 0o640, 33),
+                    file("etc/doomed", b"deleted by the next layer"),
+                    file("etc/kept", b"kept"),
+                ],
+                Comp::Zstd,
+            ),
+            layer(&[file("etc/.wh.doomed", b"")], Comp::Gzip),
+        ],
+        "amd64",
+        serde_json::json!({
+            "Env": ["PATH=/bin", "GREETING=hello from the image"],
+            "Cmd": ["sh", "-c", "echo $GREETING; pwd; id -u"],
+            "WorkingDir": "/srv/app",
+            "User": "33:33"
+        }),
+    )
+}
+
+fn push_image(reg: &Registry, repo_tag: &str) -> Pushed {
+    let img = image();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let digest = rt.block_on(push(&reg.host(), repo_tag, &img));
+    Pushed {
+        reference: format!("{}/{repo_tag}", reg.host()),
+        digest,
+        owned_layer: img.layers[1].diff_id.clone(),
+    }
+}
+
+/// A fresh image cache directory owned by the test user.
+fn image_dir(name: &str) -> PathBuf {
+    let d = user_dir(name, 0o755);
+    d.join("images")
+}
+
+/// `compute-worker exec --image REFERENCE [-- CMD...]` with the cache in `dir`.
+fn exec_image(dir: &Path, reference: &str, cmd: &[&str]) -> Run {
+    let mut args = vec!["exec", "--image", reference];
+    if !cmd.is_empty() {
+        args.push("--");
+        args.extend_from_slice(cmd);
+    }
+    env().images_run(dir, &args)
+}
+
+fn images_json(dir: &Path) -> Vec<serde_json::Value> {
+    let out = env().images_run(dir, &["images", "--json"]).ok();
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap_or_else(|e| panic!("images --json: {e}: {out}"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn pull_list_run_and_prune() {
+    let e = env();
+    let reg = Registry::start();
+    let p = push_image(&reg, "test/busybox:1");
+    let dir = image_dir("pull-run");
+
+    let out = e.images_run(&dir, &["pull", &p.reference]).ok();
+    assert!(
+        out.contains(&p.reference) && out.contains(&p.digest),
+        "pull prints the name and the digest: {out}"
+    );
+
+    let table = e.images_run(&dir, &["images"]).ok();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&p.reference))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("MiB") || row.contains("KiB"), "size: {row}");
+    assert!(row.contains("s ago"), "last use: {row}");
+    let rows = images_json(&dir);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["name"], p.reference.as_str());
+    assert_eq!(rows[0]["digest"], p.digest.as_str());
+    let busybox = fs::metadata("/bin/busybox").unwrap().len();
+    assert!(rows[0]["size"].as_u64().unwrap() > busybox, "{rows:?}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last_used = rows[0]["last_used"].as_u64().unwrap();
+    assert!(now.abs_diff(last_used) < 600, "{last_used} vs now {now}");
+    assert_eq!(rows[0]["in_use"], false);
+
+    // Owners: uid 33 in the sandbox, subordinate uid on the host.
+    let out = exec_image(&dir, &p.reference, &["stat", "-c", "%u", "/srv/www-owned"]).ok();
+    assert_eq!(out, "33\n");
+    let on_host = dir
+        .join("l")
+        .join(&p.owned_layer[7..23])
+        .join("srv/www-owned");
+    assert_eq!(
+        fs::symlink_metadata(&on_host).unwrap().uid(),
+        e.subuid_start + 33 - 1,
+        "{}",
+        on_host.display()
+    );
+
+    // No command: the image's Cmd, with its Env, WorkingDir and User.
+    let out = exec_image(&dir, &p.reference, &[]).ok();
+    assert_eq!(out, CMD_OUTPUT);
+
+    // The whiteout deletes /etc/doomed; its neighbour stays.
+    let script = "test -e /etc/doomed && echo doomed-present; cat /etc/kept";
+    let out = exec_image(&dir, &p.reference, &["sh", "-c", script]).ok();
+    assert_eq!(out, "kept");
+
+    let out = e.images_run(&dir, &["prune", "--all"]).ok();
+    assert!(out.contains(&format!("removed {}", p.reference)), "{out}");
+    assert!(images_json(&dir).is_empty());
+    let table = e.images_run(&dir, &["images"]).ok();
+    assert_eq!(table.lines().count(), 1, "only the header: {table}");
+    let layers: Vec<_> = fs::read_dir(dir.join("l")).unwrap().flatten().collect();
+    assert!(layers.is_empty(), "layers left: {layers:?}");
+}
+
+#[test]
+fn pull_of_a_missing_tag_fails_clearly() {
+    let e = env();
+    let reg = Registry::start();
+    push_image(&reg, "test/busybox:1");
+    let dir = image_dir("pull-missing");
+    let missing = format!("{}/test/busybox:nope", reg.host());
+    let r = e.images_run(&dir, &["pull", &missing]);
+    assert_ne!(r.code(), 0, "{}", r.stdout());
+    let err = r.stderr();
+    assert!(err.contains(&missing), "names the image: {err}");
+    assert!(
+        err.contains("image not found") && err.contains("check the name and the tag"),
+        "says why and what to do: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(images_json(&dir).is_empty());
+}
+
+#[test]
+fn import_of_an_oci_layout_runs_offline() {
+    let e = env();
+    let dir = image_dir("import");
+    let layout = user_dir("import-layout", 0o755).join("layout");
+    write_oci_layout(&layout, &image(), "localhost/imported/busybox:1");
+    let archive = layout.with_file_name("busybox-archive.tar");
+    tar_dir(&layout, &archive);
+    if e.as_root {
+        chown_tree(layout.parent().unwrap(), e.uid, e.gid);
+    }
+
+    let out = e
+        .images_run(&dir, &["import", layout.to_str().unwrap()])
+        .ok();
+    assert!(
+        out.starts_with("localhost/imported/busybox:1 sha256:"),
+        "{out}"
+    );
+    let out = exec_image(&dir, "localhost/imported/busybox:1", &[]).ok();
+    assert_eq!(out, CMD_OUTPUT);
+
+    // An oci-archive, named on the command line.
+    let out = e
+        .images_run(
+            &dir,
+            &[
+                "import",
+                archive.to_str().unwrap(),
+                "--name",
+                "localhost/archived:2",
+            ],
+        )
+        .ok();
+    assert!(out.starts_with("localhost/archived:2 sha256:"), "{out}");
+    let out = exec_image(&dir, "localhost/archived:2", &["cat", "/etc/kept"]).ok();
+    assert_eq!(out, "kept");
+    let names: Vec<String> = images_json(&dir)
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    e.images_run(&dir, &["prune", "--all"]).ok();
+    assert!(images_json(&dir).is_empty());
+}
+
+#[test]
+fn image_in_use_survives_a_concurrent_prune() {
+    let e = env();
+    let reg = Registry::start();
+    let p = push_image(&reg, "test/busybox:lease");
+    let dir = image_dir("lease");
+
+    // `exec --image` pulls the image and holds a lease while it runs.
+    let mut running = e
+        .images_command(
+            &dir,
+            &["exec", "--image", &p.reference, "--", "sleep", "4290"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = wait_for_process("sleep 4290");
+
+    let out = e.images_run(&dir, &["prune", "--all"]).ok();
+    assert!(
+        out.contains(&format!("kept {} (in use", p.reference)),
+        "{out}"
+    );
+    let rows = images_json(&dir);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["in_use"], true);
+    let out = exec_image(&dir, &p.reference, &[]).ok();
+    assert_eq!(out, CMD_OUTPUT, "the image still runs");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let status = running.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 9));
+    // The lease ends with the run: now it goes.
+    let out = e.images_run(&dir, &["prune", "--all"]).ok();
+    assert!(out.contains(&format!("removed {}", p.reference)), "{out}");
+    assert!(images_json(&dir).is_empty());
+}
