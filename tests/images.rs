@@ -156,6 +156,12 @@ fn pull_list_run_and_prune() {
     assert_eq!(table.lines().count(), 1, "only the header: {table}");
     let layers: Vec<_> = fs::read_dir(dir.join("l")).unwrap().flatten().collect();
     assert!(layers.is_empty(), "layers left: {layers:?}");
+    // Commands that exited normally leave no scratch for the next one to
+    // report as left by a crash.
+    let scratch: Vec<_> = fs::read_dir(dir.join("tmp")).unwrap().flatten().collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+    let r = e.images_run(&dir, &["images"]);
+    assert!(!r.stderr().contains("crashed"), "{}", r.stderr());
 }
 
 #[test]

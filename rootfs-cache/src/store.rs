@@ -179,8 +179,26 @@ struct Inner {
     conf: RegistriesConf,
     /// This instance's scratch directory under `tmp/`.
     scratch: PathBuf,
+    /// `tmp/<id>.lock`, held by `_instance` (opened under another name).
+    instance_path: PathBuf,
     _instance: Lock,
     counter: AtomicU64,
+}
+
+impl Drop for Inner {
+    /// The last clone of a `Store` is gone: delete its scratch and its
+    /// instance lock file (still locked, so no cleaner takes the scratch for
+    /// a crashed process's), so that a normal exit leaves nothing in `tmp/`.
+    fn drop(&mut self) {
+        if fs::remove_dir_all(&self.scratch).is_err() && self.scratch.exists() {
+            // Sub-uid-owned leftovers: only the unpacker's namespace can
+            // delete them. If that fails too, the next open retries.
+            if self.opts.unpacker.remove_tree(&self.scratch).is_err() {
+                return;
+            }
+        }
+        let _ = fs::remove_file(&self.instance_path);
+    }
 }
 
 /// A local image store. Cheap to clone; safe to share between threads, and
@@ -291,6 +309,7 @@ impl Store {
                 opts,
                 conf,
                 scratch,
+                instance_path: lock_path,
                 _instance: instance,
                 counter: AtomicU64::new(0),
             }),

@@ -161,7 +161,7 @@ fn crash_leftovers_are_cleaned_at_open_but_live_scratch_is_not() {
         .collect();
     assert_eq!(live_scratch.len(), 1);
 
-    let _second = Store::open(&root, opts(dir.path())).unwrap();
+    let second = Store::open(&root, opts(dir.path())).unwrap();
     assert!(!tmp.join("999999-1-0").exists());
     assert!(!tmp.join("999999-1-0.lock").exists());
     assert!(!tmp.join("orphan").exists());
@@ -169,7 +169,13 @@ fn crash_leftovers_are_cleaned_at_open_but_live_scratch_is_not() {
         live_scratch[0].exists(),
         "a running store's scratch is left alone"
     );
+    // A store that goes away normally leaves nothing for the next open to
+    // mistake for a crash; a clone keeps the scratch alive.
+    let clone = live.clone();
     drop(live);
+    assert!(live_scratch[0].exists());
+    drop((clone, second));
+    assert_eq!(tree(&tmp), Vec::<String>::new());
 }
 
 // ------------------------------------------------------------------ import
