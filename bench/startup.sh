@@ -44,17 +44,17 @@ s = json.load(open(src))
 s["linux"].pop("resources", None)
 s["root"]["path"] = rootfs
 json.dump(s, open(src, "w"))
-s["linux"]["cgroupsPath"] = cg + "/cw-bench-youki"
+s["linux"]["cgroupsPath"] = cg + "/bench-youki"
 json.dump(s, open(ydst, "w"))
 PY
 chown -R "$USER_NAME:" "$W/bundle/config.json" "$W/ybundle"
 
 cmds=(-n floor "/bin/true"
-      -n compute-worker "$W/compute-worker exec --state-dir $W/state --rootfs $R -- true"
-      -n runc "runc --root $W/runc run --bundle $W/bundle cw-bench-runc")
+      -n compute-worker "timeout 20 $W/compute-worker exec --state-dir $W/state --rootfs $R -- true"
+      -n runc "timeout 20 runc --root $W/runc run --bundle $W/bundle bench-runc")
 if command -v youki >/dev/null || [ -x "$HOME/.cargo/bin/youki" ]; then
   Y=$(command -v youki || echo "$HOME/.cargo/bin/youki"); cp "$Y" "$W/youki-bin"; chown "$USER_NAME:" "$W/youki-bin"
-  cmds+=(-n youki "$W/youki-bin --root $W/youki run --bundle $W/ybundle cw-bench-youki")
+  cmds+=(-n youki "timeout 20 $W/youki-bin --root $W/youki run --bundle $W/ybundle bench-youki")
 fi
 if command -v podman >/dev/null; then
   cmds+=(-n podman "podman run --rm --network none --rootfs $R true")

@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use sandbox_env::{env, host_processes, user_dir, wait_for_process};
 
 /// Serializes the tests that use the delegated cgroup subtree, so that
@@ -527,42 +529,94 @@ fn nothing_is_left_after_runs() {
     }
 }
 
-#[test]
-fn sigkill_of_exec_kills_the_sandbox_and_the_next_start_cleans_up() {
+/// Start a sandbox running `sleep <marker>` with its own state directory;
+/// returns the `compute-worker exec` child once the sleep runs.
+fn sandbox_with_marker(state: &Path, marker: &str) -> std::process::Child {
     let e = env();
-    let state = user_dir("sigkill-state", 0o755);
-    let mut cmd = e.exec_cmd(
-        &[],
-        &["sh", "-c", "sleep 4270 & echo x > /tmp/f; exec sleep 4271"],
-    );
-    cmd.env("COMPUTE_WORKER_STATE_DIR", &state)
+    let script = format!("sleep {marker}1 & echo x > /tmp/f; exec sleep {marker}2");
+    let mut cmd = e.exec_cmd(&[], &["sh", "-c", &script]);
+    cmd.env("COMPUTE_WORKER_STATE_DIR", state)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    wait_for_process("sleep 4271");
-    // Kill `compute-worker exec` itself (setpriv execs it: same pid).
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::SIGKILL,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    let child = cmd.spawn().unwrap();
+    wait_for_process(&format!("sleep {marker}2"));
+    child
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let t = Instant::now();
-    while !host_processes("sleep 427").is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "sandbox outlived exec: {:?}",
-            host_processes("sleep 427")
-        );
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Pids of `pid`'s descendants, deepest last.
+fn descendants(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid.to_string()];
+    while let Some(p) = todo.pop() {
+        for task in fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace() {
+                out.push(k.parse().unwrap());
+                todo.push(k.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_of_exec_kills_the_sandbox_and_leaves_nothing() {
+    let state = user_dir("sigkill-state", 0o755);
+    let mut child = sandbox_with_marker(&state, "427");
+    // Kill `compute-worker exec` itself (setpriv execs it: same pid).
+    nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    wait_until("the sandbox outlived exec", || {
+        host_processes("sleep 427").is_empty()
+    });
     let runs = state.join("runs");
-    let left = fs::read_dir(&runs).unwrap().count();
-    assert_eq!(left, 1, "the crashed run's directory is still there");
+    wait_until("the run directory outlived exec", || {
+        fs::read_dir(&runs).map(|d| d.count() == 0).unwrap_or(true)
+    });
+}
+
+#[test]
+fn the_next_start_cleans_up_after_a_crash_of_every_worker_process() {
+    let e = env();
+    let state = user_dir("crash-state", 0o755);
+    let mut child = sandbox_with_marker(&state, "428");
+    // The worker side dies all at once (exec, helper, keeper): nobody is
+    // left to clean up, but the kernel still kills the sandbox.
+    let mut all = descendants(child.id());
+    all.retain(|p| {
+        let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmd).contains("__sandbox")
+    });
+    assert!(!all.is_empty(), "helper processes not found");
+    all.push(child.id() as i32);
+    for p in all.iter().rev() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    child.wait().unwrap();
+    wait_until("the sandbox outlived the worker", || {
+        host_processes("sleep 428").is_empty()
+    });
+    let runs = state.join("runs");
+    assert_eq!(
+        fs::read_dir(&runs).unwrap().count(),
+        1,
+        "the crashed run's directory is there"
+    );
     let mut next = e.exec_cmd(&[], &["true"]);
     next.env("COMPUTE_WORKER_STATE_DIR", &state);
-    let out = next.output().unwrap();
-    assert!(out.status.success());
+    assert!(next.output().unwrap().status.success());
     assert_eq!(
         fs::read_dir(&runs).unwrap().count(),
         0,
@@ -596,4 +650,11 @@ fn missing_subordinate_ids_name_the_file_to_fix() {
         "{err}"
     );
     let _ = fs::remove_dir_all(&state);
+}
+
+#[test]
+fn a_missing_working_directory_is_created() {
+    let e = env();
+    let out = e.exec(&["--workdir", "/work/deep"], &["pwd"]).ok();
+    assert_eq!(out.trim(), "/work/deep");
 }

@@ -217,6 +217,8 @@ impl Keeper {
         }
         let _ = remove_tree(&work);
         if wire::send(&mut self.control, &event).is_err() {
+            // The caller is gone and will not clean up: leave nothing.
+            let _ = remove_tree(&self.rundir);
             return 1;
         }
         0
@@ -235,6 +237,7 @@ impl Keeper {
             super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
         }
         self.mount_rootfs(rootfs)?;
+        create_workdir(rootfs, &self.run.cwd);
         match &self.cgroup {
             None if cgroup::host_version() == cgroup::Version::V1 => hide_v1_cgroups()?,
             None => {}
@@ -384,6 +387,29 @@ impl Keeper {
                 match wire::recv::<Command>(&mut self.reader) {
                     Ok(Some(Command::Mapped)) => continue,
                     _ => return Ok(Stop::KillRequested),
+                }
+            }
+        }
+    }
+}
+
+/// Create the working directory in the run's upper layer when the image
+/// lacks it, as Docker and runc do. Stops at any symlink: the path must not
+/// be resolved on the host side of the rootfs.
+fn create_workdir(rootfs: &Path, cwd: &str) {
+    let mut p = rootfs.to_path_buf();
+    for part in Path::new(cwd).components() {
+        match part {
+            std::path::Component::Normal(name) => p.push(name),
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            _ => return,
+        }
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return,
+            Err(_) => {
+                if fs::create_dir(&p).is_err() {
+                    return;
                 }
             }
         }

@@ -59,8 +59,8 @@ pub enum IdMapError {
 impl IdMaps {
     /// The maps for the current user: own id → 0, subordinate range → 1..=N.
     ///
-    /// Real root without subordinate ranges maps the full id space onto
-    /// itself (it is root on the host anyway); with ranges it uses them like
+    /// Real root without subordinate ranges maps the id space onto itself
+    /// (it is root on the host anyway); with ranges it uses them like
     /// everyone else.
     pub fn for_current_user() -> Result<Self, IdMapError> {
         let uid = nix::unistd::getuid().as_raw();
@@ -88,10 +88,13 @@ impl IdMaps {
             if let (Ok(u), Ok(g)) = (&sub_u, &sub_g) {
                 return Ok(Self::with_ranges(uid, gid, *u, *g));
             }
+            // Not quite the whole id space: libcontainer takes an identity
+            // map of all 2^32-1 ids for the initial namespace, and would then
+            // believe it runs as real root rather than in a user namespace.
             let all = IdRange {
                 inside: 0,
                 outside: 0,
-                count: u32::MAX,
+                count: u32::MAX - 1,
             };
             return Ok(Self {
                 uids: vec![all],
