@@ -141,9 +141,7 @@ impl IdMaps {
             write_map(pid, "gid_map", &self.gids)?;
             return Ok(());
         }
-        run_map_tool("newuidmap", pid, &self.uids)?;
-        run_map_tool("newgidmap", pid, &self.gids)?;
-        Ok(())
+        run_map_tools(pid, self)
     }
 }
 
@@ -166,30 +164,59 @@ fn write_map(pid: u32, name: &str, ranges: &[IdRange]) -> Result<(), IdMapError>
     fs::write(&file, map_text(ranges)).map_err(|source| IdMapError::Write { file, source })
 }
 
-fn run_map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), IdMapError> {
+fn map_tool_args(pid: u32, ranges: &[IdRange]) -> Vec<String> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
         args.extend([r.inside, r.outside, r.count].map(|v| v.to_string()));
     }
-    let out = Command::new(tool)
-        .args(&args)
-        .output()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => IdMapError::ToolMissing { tool },
-            _ => IdMapError::ToolFailed {
+    args
+}
+
+/// Run `newuidmap` and `newgidmap` at the same time (each is a setuid
+/// program start: about a millisecond and a half).
+fn run_map_tools(pid: u32, maps: &IdMaps) -> Result<(), IdMapError> {
+    let jobs = [("newuidmap", &maps.uids), ("newgidmap", &maps.gids)];
+    let mut children = Vec::new();
+    for (tool, ranges) in jobs {
+        let args = map_tool_args(pid, ranges);
+        let child = Command::new(tool)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => IdMapError::ToolMissing { tool },
+                _ => IdMapError::ToolFailed {
+                    tool,
+                    args: args.join(" "),
+                    detail: e.to_string(),
+                },
+            });
+        children.push((tool, args, child));
+    }
+    let mut first_error = None;
+    for (tool, args, child) in children {
+        let result = child.and_then(|c| {
+            let out = c.wait_with_output().map_err(|e| IdMapError::ToolFailed {
                 tool,
                 args: args.join(" "),
                 detail: e.to_string(),
-            },
-        })?;
-    if out.status.success() {
-        return Ok(());
+            })?;
+            if out.status.success() {
+                return Ok(());
+            }
+            Err(IdMapError::ToolFailed {
+                tool,
+                args: args.join(" "),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        });
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
     }
-    Err(IdMapError::ToolFailed {
-        tool,
-        args: args.join(" "),
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    first_error.map_or(Ok(()), Err)
 }
 
 /// `(start, count)` of the first range in `file` for `user` (by name or uid).
