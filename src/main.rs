@@ -6,7 +6,13 @@ fn main() {
     // The sandbox helper must start before anything else: it forks, so it
     // must stay single-threaded.
     if std::env::args_os().nth(1).is_some_and(|a| a == "__sandbox") {
-        init_logging(LogFormat::Human, "error,libcontainer=off,libcgroups=off");
+        // Its own variable: libcontainer logs from the container's init
+        // process land in the program's stderr, which participants read.
+        init_logging(
+            LogFormat::Human,
+            "COMPUTE_WORKER_SANDBOX_LOG",
+            "error,libcontainer=off,libcgroups=off",
+        );
         compute_worker::sandbox::helper::main();
     }
     // A .env file (Codabench's names) fills what the environment lacks;
@@ -24,7 +30,11 @@ fn main() {
         }
     }
     let cli = Cli::parse();
-    init_logging(cli.log_format, "info,libcontainer=warn,libcgroups=warn");
+    init_logging(
+        cli.log_format,
+        "COMPUTE_WORKER_LOG",
+        "info,libcontainer=warn,libcgroups=warn",
+    );
     let code = match cli.command {
         Cmd::Exec(args) => compute_worker::exec::run(*args),
         Cmd::Serve(args) => compute_worker::serve::run(*args),
@@ -61,8 +71,8 @@ fn env_file_arg() -> Option<std::path::PathBuf> {
     None
 }
 
-fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("COMPUTE_WORKER_LOG")
+fn init_logging(format: LogFormat, var: &str, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(var)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -326,6 +326,11 @@ async fn report_final<R: Reporter>(r: &R, update: SubmissionUpdate) {
     }
 }
 
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 fn make_root(work_dir: &Path, step: &Step) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(work_dir)?;
     let stamp = SystemTime::now()
@@ -340,6 +345,7 @@ fn make_root(work_dir: &Path, step: &Step) -> std::io::Result<PathBuf> {
         std::process::id()
     ));
     std::fs::create_dir(&root)?;
+    set_mode(&root, 0o700)?;
     let mut dirs = vec!["output", "bundles", "logs"];
     if step.is_scoring {
         dirs.extend(["input", "shared"]);
@@ -592,7 +598,9 @@ fn program_spec(
         step.is_scoring,
         step.ingestion_only_during_scoring,
     );
-    let argv = command::split_argv(&cmd).map_err(|e| format!("the {name}'s command: {e}"))?;
+    // The image's Entrypoint stays, as with docker-py (Cmd = the command).
+    let mut argv: Vec<String> = image.config.entrypoint.clone().unwrap_or_default();
+    argv.extend(command::split_argv(&cmd).map_err(|e| format!("the {name}'s command: {e}"))?);
 
     let s = &w.settings;
     let plan = MountPlan {
@@ -633,6 +641,11 @@ fn program_spec(
     for b in &run.binds {
         std::fs::create_dir_all(&b.source)
             .map_err(|e| format!("creating {}: {e}", b.source.display()))?;
+        // Writable for whatever user the image runs as; the job root is
+        // private to the worker's user, so nobody else on the host gets in.
+        if !b.read_only {
+            set_mode(&b.source, 0o777).map_err(|e| format!("chmod {}: {e}", b.source.display()))?;
+        }
     }
     run.network = if s.network {
         Network::Host

@@ -348,7 +348,10 @@ async fn put_object(
         )
             .into_response();
     }
-    st.lock().unwrap().uploads.push(Upload {
+    let mut inner = st.lock().unwrap();
+    // Like object storage: what was PUT can be fetched with a GET.
+    inner.bundles.insert(key.clone(), (body.to_vec(), false));
+    inner.uploads.push(Upload {
         key,
         content_type: sent,
         headers,
