@@ -22,7 +22,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   uidmap busybox-static util-linux procps time file \
   docker-registry skopeo debootstrap \
-  ca-certificates pkg-config gcc >/dev/null
+  ca-certificates pkg-config gcc libseccomp-dev >/dev/null
 
 echo "== Python celery (the broker tests publish with the real Celery)"
 python3 -m pip install -q --disable-pip-version-check "celery==5.6.2" "kombu==5.6.2"

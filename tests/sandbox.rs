@@ -658,3 +658,29 @@ fn a_missing_working_directory_is_created() {
     let out = e.exec(&["--workdir", "/work/deep"], &["pwd"]).ok();
     assert_eq!(out.trim(), "/work/deep");
 }
+
+#[test]
+fn seccomp_refuses_new_namespaces_and_keyrings() {
+    let e = env();
+    // Without the profile an unprivileged program may create a nested user
+    // namespace (no capability needed); with it, unshare fails.
+    let r = e.sh("unshare -U true && echo unshared || echo refused; unshare -r true 2>/dev/null && echo unshared2 || echo refused2");
+    let out = r.ok();
+    assert!(
+        out.contains("refused") && out.contains("refused2"),
+        "{out}\n{}",
+        r.stderr()
+    );
+    assert!(!out.contains("unshared"), "{out}");
+    assert!(
+        e.sh("grep '^Seccomp:' /proc/self/status")
+            .ok()
+            .contains("2"),
+        "filter mode"
+    );
+    // Ordinary work still runs: fork, exec, pipes, files.
+    assert_eq!(
+        e.sh("echo a | tr a b; ls / >/dev/null && echo ok").ok(),
+        "b\nok\n"
+    );
+}

@@ -12,6 +12,7 @@ pub mod helper;
 pub mod idmap;
 mod netns;
 pub mod rundir;
+pub mod seccomp;
 pub mod spec;
 pub mod types;
 mod wire;

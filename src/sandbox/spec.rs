@@ -63,6 +63,9 @@ pub fn build(
         "readonlyPaths": READONLY_PATHS,
         "rootfsPropagation": "private",
     });
+    if cfg!(feature = "seccomp") {
+        linux["seccomp"] = super::seccomp::default_profile();
+    }
     if let Some(cg) = cgroup {
         linux["cgroupsPath"] = json!(cg.path);
         if !run.limits.is_empty() {
