@@ -118,6 +118,6 @@ mod tests {
         assert!(rules
             .iter()
             .any(|r| r.names().contains(&"unshare".to_string())));
-        assert_eq!(rules.iter().filter(|r| r.names() == ["clone"]).count(), 7);
+        assert_eq!(rules.iter().filter(|r| *r.names() == ["clone"]).count(), 7);
     }
 }
