@@ -117,7 +117,7 @@ impl LogCapture {
     pub fn push(&mut self, mut data: &[u8]) {
         self.total += data.len() as u64;
         let half = self.max / 2;
-        let room = (self.max - half).saturating_sub(self.head.len());
+        let room = half.saturating_sub(self.head.len());
         let take = room.min(data.len());
         self.head.extend_from_slice(&data[..take]);
         data = &data[take..];
