@@ -116,18 +116,37 @@ pub struct Job {
     pub deadline: Option<Instant>,
 }
 
-/// Runs jobs. The message is acknowledged when the returned future ends.
-pub trait JobHandler: Send + Sync + 'static {
-    fn handle(&self, job: Job) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// What to do with a job's message once its handler is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (successfully or not, and reported): acknowledge it.
+    Ack,
+    /// Not done and not reported (the worker is shutting down and killed
+    /// it): give it back to the broker so that a worker runs it again.
+    Requeue,
 }
 
-impl<F, Fut> JobHandler for F
+impl From<()> for Disposition {
+    fn from(_: ()) -> Self {
+        Disposition::Ack
+    }
+}
+
+/// Runs jobs. The message is settled as the returned future says when it
+/// ends.
+pub trait JobHandler: Send + Sync + 'static {
+    fn handle(&self, job: Job) -> Pin<Box<dyn Future<Output = Disposition> + Send + 'static>>;
+}
+
+impl<F, Fut, O> JobHandler for F
 where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = O> + Send + 'static,
+    O: Into<Disposition> + 'static,
 {
-    fn handle(&self, job: Job) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        Box::pin(self(job))
+    fn handle(&self, job: Job) -> Pin<Box<dyn Future<Output = Disposition> + Send + 'static>> {
+        let fut = self(job);
+        Box::pin(async move { fut.await.into() })
     }
 }
 
@@ -624,10 +643,26 @@ impl Consumer {
                 info!(task_id = %task_id, submission = job.message.run_args.id,
                       scoring = job.message.run_args.is_scoring, "starting job");
                 // Run in its own task so a panicking handler is contained.
-                if let Err(e) = tokio::spawn(handler.handle(job)).await {
-                    error!(task_id = %task_id, "job handler crashed: {e}");
-                }
-                let acked = ack(&delivery, Some(&task_id)).await;
+                let disposition = match tokio::spawn(handler.handle(job)).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        error!(task_id = %task_id, "job handler crashed: {e}");
+                        Disposition::Ack
+                    }
+                };
+                let acked = match disposition {
+                    Disposition::Ack => ack(&delivery, Some(&task_id)).await,
+                    Disposition::Requeue => {
+                        info!(task_id = %task_id, "giving the task back to the broker");
+                        let _ = delivery
+                            .nack(lapin::options::BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            })
+                            .await;
+                        true
+                    }
+                };
                 {
                     let mut st = self.state.lock().unwrap();
                     st.running.remove(&task_id);

@@ -6,6 +6,7 @@ pub mod consumer;
 pub mod url;
 
 pub use consumer::{
-    BrokerError, Consumer, ConsumerConfig, Job, JobHandler, Revocation, DEFAULT_QUEUE,
+    BrokerError, Consumer, ConsumerConfig, Disposition, Job, JobHandler, Revocation,
+    DEFAULT_QUEUE,
 };
 pub use url::{BrokerUrl, BrokerUrlError, TlsMode};
