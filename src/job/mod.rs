@@ -11,6 +11,7 @@
 //! * [`results`]: scores, `output/metadata`, log capping;
 //! * [`layout`]: the `/app/...` mount table, container env, time limits.
 pub mod bundle;
+pub mod bundle_cache;
 pub mod command;
 pub mod layout;
 pub mod lifecycle;
