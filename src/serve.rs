@@ -184,7 +184,7 @@ async fn handle_in_span(
             c.cancel();
         })
     };
-    let reporter = SiteReporter::new(client, UnzipLimits::default());
+    let reporter = SiteReporter::new(client, UnzipLimits::default(), None);
     let step = step_from(args);
     // Boxed with an explicit `Send`: the compiler cannot prove it through the
     // generic reporter on its own (a known limitation of async trait methods).

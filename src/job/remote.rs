@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use super::bundle::{extract_zip, UnzipLimits};
+use super::bundle::{extract_zip, UnzipError, UnzipLimits};
+use super::bundle_cache::{BundleCache, CacheError};
 use super::lifecycle::{Reporter, Slot, Step, Uploads};
 use crate::broker::celery::RunArgs;
 use crate::site::live::{live_url, LiveConfig, LiveKind, LiveLog};
@@ -16,16 +17,74 @@ use crate::site::{SiteClient, SubmissionUpdate, UploadKind};
 pub struct SiteReporter {
     client: SiteClient,
     unzip: UnzipLimits,
+    /// Where `input_data` and `reference_data` are kept across jobs.
+    cache: Option<Arc<BundleCache>>,
     live: Mutex<HashMap<&'static str, LiveLog>>,
 }
 
 impl SiteReporter {
-    pub fn new(client: SiteClient, unzip: UnzipLimits) -> Self {
+    pub fn new(client: SiteClient, unzip: UnzipLimits, cache: Option<Arc<BundleCache>>) -> Self {
         SiteReporter {
             client,
             unzip,
+            cache,
             live: Mutex::default(),
         }
+    }
+
+    async fn extract(&self, zip: &Path, dest: &Path) -> Result<(), UnzipError> {
+        let limits = self.unzip;
+        let (z, d) = (zip.to_path_buf(), dest.to_path_buf());
+        tokio::task::spawn_blocking(move || extract_zip(&z, &d, limits))
+            .await
+            .map_err(|e| UnzipError::BadZip(e.to_string()))?
+    }
+
+    /// A cached slot: extract from the cached zip (downloading it into the
+    /// cache on a miss). A hit whose zip turns out damaged while extracting
+    /// is discarded and fetched once more. `None` when the cache itself is
+    /// unusable (the caller then downloads as if there were no cache).
+    async fn fetch_cached(
+        &self,
+        cache: &BundleCache,
+        source: &str,
+        dest: &Path,
+    ) -> Option<Result<Option<String>, String>> {
+        for _ in 0..2 {
+            let client = &self.client;
+            let lease = cache
+                .get_or_fetch(source, |tmp| async move {
+                    client
+                        .download_bundle(source, &tmp)
+                        .await
+                        .map(|d| d.md5)
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+            let lease = match lease {
+                Ok(l) => l,
+                Err(CacheError::Download(e)) => return Some(Err(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bundle cache unusable; downloading without it");
+                    return None;
+                }
+            };
+            match self.extract(lease.path(), dest).await {
+                Ok(()) => return Some(Ok(Some(lease.md5().to_string()))),
+                // A damaged cached copy: drop it, start the slot afresh.
+                Err(UnzipError::BadZip(e)) if lease.hit() => {
+                    tracing::warn!(error = %e, "cached bundle is damaged; downloading it again");
+                    cache.invalidate(lease).await;
+                    if let Err(e) =
+                        std::fs::remove_dir_all(dest).and_then(|_| std::fs::create_dir_all(dest))
+                    {
+                        return Some(Err(format!("emptying {}: {e}", dest.display())));
+                    }
+                }
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+        Some(Err("Bad or empty zip file".to_string()))
     }
 
     /// Flush and close the live channels.
@@ -53,18 +112,18 @@ impl Reporter for SiteReporter {
         dest: &Path,
         scratch: &Path,
     ) -> Result<Option<String>, String> {
+        if let (Some(cache), Slot::InputData | Slot::ReferenceData) = (&self.cache, slot) {
+            if let Some(done) = self.fetch_cached(cache, source, dest).await {
+                return done;
+            }
+        }
         let zip = scratch.join(format!("{}.zip", slot.key()));
         let got = self
             .client
             .download_bundle(source, &zip)
             .await
             .map_err(|e| e.to_string())?;
-        let limits = self.unzip;
-        let (z, d) = (zip.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || extract_zip(&z, &d, limits))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        self.extract(&zip, dest).await.map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&zip);
         Ok(Some(got.md5))
     }
