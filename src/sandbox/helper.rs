@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
@@ -211,13 +211,18 @@ impl Keeper {
         if let (Some(d), Some(path)) = (&self.cgroup, &cgroup_path) {
             d.remove(path);
         }
-        let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+        // No umount: the overlay goes with this mount namespace when the
+        // keeper exits, and each explicit umount waits for an RCU grace
+        // period. Its upper and work directories can go now: nothing uses
+        // them any more.
         if !self.run.keep_upper {
             let _ = remove_tree(&upper);
         }
         let _ = remove_tree(&work);
         if wire::send(&mut self.control, &event).is_err() {
-            // The caller is gone and will not clean up: leave nothing.
+            // The caller is gone and will not clean up: leave nothing (the
+            // mount point can only go once nothing is mounted on it).
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
             let _ = remove_tree(&self.rundir);
             return 1;
         }
@@ -263,6 +268,7 @@ impl Keeper {
         fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)
             .context("writing config.json")?;
 
+        tracing::debug!("rootfs mounted, config.json written");
         let started = Instant::now();
         let mut container = ContainerBuilder::new(self.id.clone(), SyscallType::default())
             .with_root_path(&state)
@@ -282,6 +288,7 @@ impl Keeper {
             .start()
             .map_err(|e| anyhow!("{e}"))
             .context("starting the container")?;
+        tracing::debug!("container created");
         let pid = container.pid().context("the container has no pid")?;
         wire::send(&mut self.control, &Event::Started { pid: pid.as_raw() })?;
 
@@ -335,8 +342,11 @@ impl Keeper {
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
+        // `volatile`: no sync of the upper layer at unmount. The layer is
+        // thrown away after the run, and that sync costs milliseconds.
+        let volatile = if self.run.keep_upper { "" } else { ",volatile" };
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr",
+            "lowerdir={},upperdir={},workdir={},userxattr{volatile}",
             lower.join(":"),
             upper.display(),
             work.display()

@@ -219,6 +219,7 @@ impl Helper {
         drop(handed);
         drop(theirs);
 
+        tracing::debug!(pid = child.id(), "sandbox helper spawned");
         let mut h = Helper {
             child,
             events: BufReader::new(ours.try_clone()?),
@@ -229,12 +230,14 @@ impl Helper {
             Event::Unshared => {}
             other => return Err(SandboxError::Helper(format!("unexpected {other:?}"))),
         }
+        tracing::debug!("helper in its user namespace; writing id maps");
         if let Err(e) = cfg.maps.apply(h.child.id()) {
             let _ = h.child.kill();
             let _ = h.child.wait();
             return Err(e.into());
         }
         wire::send(&mut h.control, &Command::Mapped)?;
+        tracing::debug!("id maps written");
         Ok(h)
     }
 
@@ -335,14 +338,17 @@ impl Sandbox {
         });
         drop((stdout_fd, stderr_fd));
         match started {
-            Ok((helper, pid)) => Ok(Sandbox {
-                helper,
-                rundir,
-                keep_upper: run.keep_upper,
-                pid,
-                stdout: out_r,
-                stderr: err_r,
-            }),
+            Ok((helper, pid)) => {
+                tracing::debug!(pid, "program started");
+                Ok(Sandbox {
+                    helper,
+                    rundir,
+                    keep_upper: run.keep_upper,
+                    pid,
+                    stdout: out_r,
+                    stderr: err_r,
+                })
+            }
             Err(e) => {
                 finish_rundir(cfg, rundir, false);
                 Err(e)
@@ -368,9 +374,16 @@ impl Sandbox {
             Ok(other) => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
             Err(e) => Err(e),
         };
-        let _ = self.helper.child.wait();
+        tracing::debug!(?result, "sandbox finished");
         let crashed = matches!(result, Err(SandboxError::Helper(_)));
+        if crashed {
+            let _ = self.helper.child.wait();
+        }
+        // Every process of the sandbox is gone once it reports; its run
+        // directory can go while the helper tears its namespaces down.
         finish_rundir(cfg, self.rundir, self.keep_upper && !crashed);
+        let _ = self.helper.child.wait();
+        tracing::debug!("run directory removed, helper gone");
         result
     }
 }
@@ -391,6 +404,10 @@ fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool) {
         }
     }
     if !left.is_empty() {
+        tracing::debug!(
+            ?left,
+            "removing what the run left as root of a user namespace"
+        );
         if let Err(e) = cfg.remove_as_root(left) {
             tracing::warn!(dir = %dir.path.display(), error = %e, "could not remove what a run left");
         }
