@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Queue name (Codabench's is `compute-worker`).
     #[arg(long, env = "COMPUTE_WORKER_QUEUE")]
     pub queue: Option<String>,
+    /// On SIGTERM, how long running jobs may finish before they are killed
+    /// and their tasks given back to the broker (a second signal: at once).
+    #[arg(long, value_parser = parse_duration, default_value = "5m", env = "COMPUTE_WORKER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Duration,
     /// Verify the broker's TLS certificate (Codabench's worker does not).
     #[arg(long)]
     pub verify_broker_tls: bool,

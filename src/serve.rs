@@ -4,15 +4,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::url::{use_ssl_from_env, BrokerUrl};
-use crate::broker::{Consumer, ConsumerConfig, Job};
+use crate::broker::{Consumer, ConsumerConfig, Disposition, Job};
 use crate::cli::ServeArgs;
 use crate::job::bundle::UnzipLimits;
-use crate::job::lifecycle::{self, Images, Settings, Worker};
+use crate::job::bundle_cache::{max_bytes_from_gb, BundleCache};
+use crate::job::lifecycle::{self, Ending, Images, Settings, Worker};
 use crate::job::remote::{step_from, SiteReporter};
 use crate::sandbox::Limits;
 use crate::site::{SiteClient, UrlRewrite};
@@ -80,6 +82,16 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let rewrite = std::env::var("WORKER_BUNDLE_URL_REWRITE")
         .ok()
         .and_then(|v| UrlRewrite::parse(&v));
+    // The dataset cache (input_data, reference_data), as Codabench's
+    // /codabench/cache, bounded by MAX_CACHE_DIR_SIZE_GB.
+    let max_cache = max_bytes_from_gb(std::env::var("MAX_CACHE_DIR_SIZE_GB").ok().as_deref());
+    let cache = match BundleCache::new(host_dir.join("cache"), max_cache) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no bundle cache: {}", host_dir.join("cache").display());
+            None
+        }
+    };
     let worker = Arc::new(Worker {
         sandbox: Arc::new(sandbox),
         images: Images::Store(store),
@@ -98,13 +110,21 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         let consumer = Arc::new(Consumer::new(cfg));
         let shutdown = CancellationToken::new();
         let kill_all = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), kill_all.clone()));
+        tokio::spawn(signals(
+            shutdown.clone(),
+            kill_all.clone(),
+            args.drain_timeout,
+        ));
         let handler = {
             let (worker, kill_all) = (worker.clone(), kill_all.clone());
             move |job: Job| {
-                let (worker, kill_all, rewrite) =
-                    (worker.clone(), kill_all.clone(), rewrite.clone());
-                async move { handle(&worker, job, kill_all, rewrite).await }
+                let (worker, kill_all, rewrite, cache) = (
+                    worker.clone(),
+                    kill_all.clone(),
+                    rewrite.clone(),
+                    cache.clone(),
+                );
+                async move { handle(&worker, job, kill_all, rewrite, cache).await }
             }
         };
         tracing::info!(slots = args.slots, "compute-worker is consuming");
@@ -113,9 +133,10 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// SIGTERM/SIGINT: stop taking jobs and let running ones finish; a second
-/// one kills the running sandboxes.
-async fn signals(shutdown: CancellationToken, kill_all: CancellationToken) {
+/// SIGTERM/SIGINT: stop taking jobs and let running ones finish for up to
+/// `drain`; a second signal, or the end of `drain`, kills the running
+/// sandboxes and gives their tasks back to the broker.
+async fn signals(shutdown: CancellationToken, kill_all: CancellationToken, drain: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -123,21 +144,22 @@ async fn signals(shutdown: CancellationToken, kill_all: CancellationToken) {
     ) else {
         return;
     };
-    for round in 0..2 {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        if round == 0 {
-            tracing::info!(
-                "stopping: no new jobs; running jobs finish (signal again to kill them)"
-            );
-            shutdown.cancel();
-        } else {
-            tracing::warn!("killing the running jobs");
-            kill_all.cancel();
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        "stopping: no new jobs; running jobs may finish (signal again to kill them now)"
+    );
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = tokio::time::sleep(drain) => {}
+    }
+    tracing::warn!("killing the running jobs; their tasks go back to the broker");
+    kill_all.cancel();
 }
 
 async fn handle(
@@ -145,11 +167,12 @@ async fn handle(
     job: Job,
     kill_all: CancellationToken,
     rewrite: Option<UrlRewrite>,
-) {
+    cache: Option<Arc<BundleCache>>,
+) -> Disposition {
     use tracing::Instrument;
     let args = &job.message.run_args;
     let span = tracing::info_span!("job", task = %job.message.task_id, submission = args.id, scoring = args.is_scoring);
-    handle_in_span(worker, &job, kill_all, rewrite)
+    handle_in_span(worker, &job, kill_all, rewrite, cache)
         .instrument(span)
         .await
 }
@@ -159,7 +182,8 @@ async fn handle_in_span(
     job: &Job,
     kill_all: CancellationToken,
     rewrite: Option<UrlRewrite>,
-) {
+    cache: Option<Arc<BundleCache>>,
+) -> Disposition {
     let args = &job.message.run_args;
     let client = match SiteClient::new(
         &args.submissions_api_url,
@@ -170,7 +194,7 @@ async fn handle_in_span(
         Ok(c) => c.with_rewrite(rewrite),
         Err(e) => {
             tracing::error!(error = %e, "cannot talk to the site named in the task; dropping it");
-            return;
+            return Disposition::Ack;
         }
     };
     let cancel = CancellationToken::new();
@@ -184,21 +208,17 @@ async fn handle_in_span(
             c.cancel();
         })
     };
-    let reporter = SiteReporter::new(client, UnzipLimits::default(), None);
+    let reporter = SiteReporter::new(client, UnzipLimits::default(), cache);
     let step = step_from(args);
-    // Boxed with an explicit `Send`: the compiler cannot prove it through the
-    // generic reporter on its own (a known limitation of async trait methods).
-    let step_run: std::pin::Pin<
-        Box<dyn std::future::Future<Output = lifecycle::StepReport> + Send + '_>,
-    > = Box::pin(lifecycle::run_step(
-        worker,
-        &reporter,
-        &step,
-        &cancel,
-        job.deadline,
-    ));
-    let report = step_run.await;
+    let report = lifecycle::run_step(worker, &reporter, &step, &cancel, job.deadline).await;
     reporter.finish().await;
     watch.abort();
     tracing::info!(ending = ?report.ending, "job done");
+    // Killed by the worker's own shutdown, not by the site: another worker
+    // (or this one, restarted) must run it.
+    if report.ending == Ending::Cancelled && !job.cancel.is_cancelled() {
+        Disposition::Requeue
+    } else {
+        Disposition::Ack
+    }
 }

@@ -30,6 +30,10 @@ struct Serve {
 
 impl Serve {
     fn start(name: &str, queue: &str) -> Serve {
+        Self::start_with(name, queue, &[])
+    }
+
+    fn start_with(name: &str, queue: &str, vars: &[(&str, &str)]) -> Serve {
         let e = env();
         let base = user_dir(name, 0o755);
         let images = base.join("images");
@@ -61,6 +65,7 @@ impl Serve {
                 "CODALAB_IGNORE_CLEANUP_STEP",
                 std::env::var("KEEP").unwrap_or_default(),
             )
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -315,7 +320,8 @@ async fn a_submission_goes_through_prediction_and_scoring() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(
-        left.iter().all(|p| p.ends_with("data")),
+        left.iter()
+            .all(|p| p.ends_with("data") || p.ends_with("cache")),
         "job directories left: {left:?}"
     );
 }
@@ -493,4 +499,67 @@ async fn a_bad_zip_fails_fast() {
         .to_string();
     assert!(details.contains("Bad or empty zip file"), "{details}");
     serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_gives_the_job_back_to_another_worker() {
+    let queue = unique_queue("e2e-sigterm");
+    let mut first = Serve::start_with(
+        "serve-sigterm-a",
+        &queue,
+        &[("COMPUTE_WORKER_DRAIN_TIMEOUT", "1s")],
+    );
+    let site = FakeSite::start(508, 7).await;
+    let sub = user_dir("sigterm-submission", 0o755);
+    fs::write(
+        sub.join("metadata"),
+        "command: sh -c 'sleep 4.321; echo odd > /app/output/predictions.txt'\n",
+    )
+    .unwrap();
+    site.add_bundle("submission.zip", zip_of(&sub));
+    let mut args = prediction_args(&site, IMAGE, 60);
+    args.as_object_mut().unwrap().remove("ingestion_program");
+    args.as_object_mut().unwrap().remove("input_data");
+    publish(&queue, &args);
+    let t = Instant::now();
+    while host_processes("sleep 4.321").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "never started:\n{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM: the job may run for the 1 s drain, then it is killed and
+    // its task goes back to the queue; the worker exits cleanly.
+    let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = first.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "serve did not stop:\n{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", first.log());
+    assert!(
+        host_processes("sleep 4.321").is_empty(),
+        "the sandbox outlived the worker"
+    );
+    assert!(!site.statuses().contains(&"Scoring".to_string()));
+
+    // Another worker gets the same task and finishes it.
+    let second = Serve::start("serve-sigterm-b", &queue);
+    let st = wait_for_status(&site, &second, "Scoring", 60).await;
+    assert_eq!(st.last().map(String::as_str), Some("Scoring"), "{st:?}");
+    let up = site
+        .upload("prediction_result.zip")
+        .expect("prediction uploaded");
+    assert_eq!(zip_file(&up.body, "predictions.txt"), "odd\n");
+    second.stop();
 }

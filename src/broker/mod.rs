@@ -6,7 +6,6 @@ pub mod consumer;
 pub mod url;
 
 pub use consumer::{
-    BrokerError, Consumer, ConsumerConfig, Disposition, Job, JobHandler, Revocation,
-    DEFAULT_QUEUE,
+    BrokerError, Consumer, ConsumerConfig, Disposition, Job, JobHandler, Revocation, DEFAULT_QUEUE,
 };
 pub use url::{BrokerUrl, BrokerUrlError, TlsMode};
