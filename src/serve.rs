@@ -100,6 +100,8 @@ pub fn run(args: ServeArgs) -> Result<i32> {
 
     let mut cfg = ConsumerConfig::new(broker);
     cfg.slots = args.slots.max(1);
+    // Which process a connection belongs to, as RabbitMQ's tools show it.
+    cfg.connection_name = format!("{}:{}", cfg.connection_name, std::process::id());
     if let Some(q) = &args.queue {
         cfg.queue = q.clone();
     }

@@ -563,3 +563,104 @@ async fn sigterm_drains_then_gives_the_job_back_to_another_worker() {
     assert_eq!(zip_file(&up.body, "predictions.txt"), "odd\n");
     second.stop();
 }
+
+/// Statuses the site received for one submission, counted.
+fn count(statuses: &[String], status: &str) -> usize {
+    statuses.iter().filter(|s| *s == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_connection_lost_mid_job_neither_loses_nor_repeats_it() {
+    let queue = unique_queue("e2e-brokerloss");
+    let serve = Serve::start("serve-brokerloss", &queue);
+    let site = FakeSite::start(509, 7).await;
+    let sub = user_dir("brokerloss-submission", 0o755);
+    fs::write(
+        sub.join("metadata"),
+        "command: sh -c 'sleep 3.141; echo even > /app/output/predictions.txt'\n",
+    )
+    .unwrap();
+    site.add_bundle("submission.zip", zip_of(&sub));
+    let mut args = prediction_args(&site, IMAGE, 60);
+    args.as_object_mut().unwrap().remove("ingestion_program");
+    args.as_object_mut().unwrap().remove("input_data");
+    publish(&queue, &args);
+    let t = Instant::now();
+    while host_processes("sleep 3.141").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "never started:\n{}",
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The broker drops the worker's connection while the job runs: the
+    // unacknowledged task goes back to the queue and is redelivered after
+    // the worker reconnects.
+    let host = compute_worker::broker::consumer::hostname();
+    let name = format!("compute-worker@{host}:{}", serve.child.id());
+    assert!(
+        support::amqp::drop_connection(&name) > 0,
+        "connection {name} not found"
+    );
+    let st = wait_for_status(&site, &serve, "Scoring", 60).await;
+    assert_eq!(st.last().map(String::as_str), Some("Scoring"), "{st:?}");
+    // Give a redelivered copy time to arrive; it must not run again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = site.statuses();
+    assert_eq!(
+        count(&st, "Running"),
+        1,
+        "run twice: {st:?}\n{}",
+        serve.log()
+    );
+    assert_eq!(count(&st, "Scoring"), 1, "{st:?}");
+    assert!(
+        serve.log().contains("connected to broker"),
+        "{}",
+        serve.log()
+    );
+    let conn = support::amqp::connect().await;
+    assert_eq!(
+        support::amqp::message_count(&conn, &queue).await,
+        0,
+        "the task is settled"
+    );
+    serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_run_jobs_at_the_same_time() {
+    let queue = unique_queue("e2e-slots");
+    let serve = Serve::start_with("serve-slots", &queue, &[("COMPUTE_WORKER_SLOTS", "2")]);
+    let mut sites = Vec::new();
+    for (id, marker) in [(510, "2.718"), (511, "2.719")] {
+        let site = FakeSite::start(id, 7).await;
+        let sub = user_dir(&format!("slots-{id}"), 0o755);
+        fs::write(
+            sub.join("metadata"),
+            format!("command: sh -c 'sleep {marker}; echo odd > /app/output/predictions.txt'\n"),
+        )
+        .unwrap();
+        site.add_bundle("submission.zip", zip_of(&sub));
+        let mut args = prediction_args(&site, IMAGE, 60);
+        args.as_object_mut().unwrap().remove("ingestion_program");
+        args.as_object_mut().unwrap().remove("input_data");
+        publish(&queue, &args);
+        sites.push(site);
+    }
+    let t = Instant::now();
+    while host_processes("sleep 2.718").is_empty() || host_processes("sleep 2.719").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "both jobs never ran at once:\n{}",
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for site in &sites {
+        let st = wait_for_status(site, &serve, "Scoring", 60).await;
+        assert_eq!(st.last().map(String::as_str), Some("Scoring"), "{st:?}");
+    }
+    serve.stop();
+}
