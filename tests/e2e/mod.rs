@@ -1,0 +1,273 @@
+//! A `compute-worker serve` process as the unprivileged test user, the
+//! fake Codabench site it reports to, and tasks published as the site does:
+//! shared by tests/serve.rs and bench/e2e_latency.rs.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::sandbox_env::{self, env, user_dir};
+use crate::support;
+use crate::support::amqp::broker_url;
+use crate::support::site::FakeSite;
+use test_support::{busybox_rootfs_layer, write_oci_layout, Comp, TestImage};
+
+pub const IMAGE: &str = "localhost/cw-e2e/busybox:1";
+
+/// A worker consuming `queue`, with an image cache holding [`IMAGE`].
+pub struct Serve {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+    pub host_dir: PathBuf,
+}
+
+impl Serve {
+    pub fn start(name: &str, queue: &str) -> Serve {
+        Self::start_with(name, queue, &[])
+    }
+
+    pub fn start_with(name: &str, queue: &str, vars: &[(&str, &str)]) -> Serve {
+        let e = env();
+        let base = user_dir(name, 0o755);
+        let images = base.join("images");
+        // The competition image, imported offline into this worker's cache.
+        let layout = base.join("layout");
+        // Like a competition image, but running as a non-root user: the
+        // writable /app directories must still work.
+        let image = TestImage::with_config(
+            vec![busybox_rootfs_layer(Comp::Gzip)],
+            "amd64",
+            json!({"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "User": "33:33"}),
+        );
+        write_oci_layout(&layout, &image, "1");
+        sandbox_env::chown_tree(&layout, e.uid, e.gid);
+        let layout_s = layout.to_string_lossy().into_owned();
+        e.images_run(&images, &["import", &layout_s, "--name", IMAGE])
+            .ok();
+
+        let host_dir = base.join("host");
+        let stderr_path = base.join("serve.log");
+        let log = fs::File::create(&stderr_path).unwrap();
+        let child = e
+            .images_command(&images, &["serve"])
+            .env("BROKER_URL", broker_url())
+            .env("COMPUTE_WORKER_QUEUE", queue)
+            .env("HOST_DIRECTORY", &host_dir)
+            .env("COMPUTE_WORKER_LOG", "info")
+            .env(
+                "CODALAB_IGNORE_CLEANUP_STEP",
+                std::env::var("KEEP").unwrap_or_default(),
+            )
+            .envs(vars.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Serve {
+            child,
+            stderr_path,
+            host_dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let t = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("serve did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Zip of the demo competition's `dir` (the bundle the site would serve).
+pub fn demo_zip(dir: &str) -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo").join(dir);
+    zip_of(&src)
+}
+
+pub fn zip_of(dir: &Path) -> Vec<u8> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    compute_worker::job::bundle::zip_dir_contents(dir, out.path()).unwrap();
+    fs::read(out.path()).unwrap()
+}
+
+/// Publish one `compute_worker_run` with the real Celery, as the site does.
+pub fn publish(queue: &str, run_args: &Value) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery/celery_tool.py");
+    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(script)
+        .args([
+            "publish",
+            queue,
+            &run_args.to_string(),
+            "1800",
+            "0",
+            support::site::SECRET,
+        ])
+        .env("BROKER_URL", broker_url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "celery publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn revoke(task_id: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery/celery_tool.py");
+    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(script)
+        .args(["revoke", task_id])
+        .env("BROKER_URL", broker_url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "celery revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run args of a prediction step with every bundle on `site`.
+pub fn prediction_args(site: &FakeSite, image: &str, limit: u64) -> Value {
+    json!({
+        "user_pk": site.user_pk,
+        "submissions_api_url": site.api_url(),
+        "secret": support::site::SECRET,
+        "docker_image": image,
+        "execution_time_limit": limit,
+        "id": site.submission_id,
+        "is_scoring": false,
+        "prediction_result": site.put_url("prediction_result.zip", "application/zip"),
+        "ingestion_program": site.get_url("ingestion_program.zip"),
+        "input_data": site.get_url("input_data.zip"),
+        "ingestion_only_during_scoring": false,
+        "program_data": site.get_url("submission.zip"),
+        "prediction_stdout": site.put_url("prediction_stdout.txt", "application/zip"),
+        "prediction_stderr": site.put_url("prediction_stderr.txt", "application/zip"),
+        "prediction_ingestion_stdout": site.put_url("prediction_ingestion_stdout.txt", "application/zip"),
+        "prediction_ingestion_stderr": site.put_url("prediction_ingestion_stderr.txt", "application/zip"),
+    })
+}
+
+pub fn scoring_args(site: &FakeSite, image: &str) -> Value {
+    json!({
+        "user_pk": site.user_pk,
+        "submissions_api_url": site.api_url(),
+        "secret": support::site::SECRET,
+        "docker_image": image,
+        "execution_time_limit": 60,
+        "id": site.submission_id,
+        "is_scoring": true,
+        "detailed_results_url": site.put_url("detailed_results.html", "text/html"),
+        "prediction_result": site.get_url("prediction_result.zip"),
+        "scoring_result": site.put_url("scoring_result.zip", "application/zip"),
+        "reference_data": site.get_url("reference_data.zip"),
+        "ingestion_only_during_scoring": false,
+        "program_data": site.get_url("scoring_program.zip"),
+        "scoring_stdout": site.put_url("scoring_stdout.txt", "application/zip"),
+        "scoring_stderr": site.put_url("scoring_stderr.txt", "application/zip"),
+        "scoring_ingestion_stdout": site.put_url("scoring_ingestion_stdout.txt", "application/zip"),
+        "scoring_ingestion_stderr": site.put_url("scoring_ingestion_stderr.txt", "application/zip"),
+    })
+}
+
+pub async fn demo_site(id: u64) -> FakeSite {
+    let site = FakeSite::start(id, 7).await;
+    for (key, dir) in [
+        ("submission.zip", "submission"),
+        ("ingestion_program.zip", "ingestion_program"),
+        ("input_data.zip", "input_data"),
+        ("reference_data.zip", "reference_data"),
+        ("scoring_program.zip", "scoring_program"),
+    ] {
+        site.add_bundle(key, demo_zip(dir));
+    }
+    site
+}
+
+/// Wait until the site has seen `status` (or a final Failed).
+pub async fn wait_for_status(
+    site: &FakeSite,
+    serve: &Serve,
+    status: &str,
+    secs: u64,
+) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let st = site.statuses();
+        if st.iter().any(|s| s == status) || st.iter().any(|s| s == "Failed") {
+            return st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "no {status} after {secs} s; statuses {st:?}\nworker log:\n{}",
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn zip_names(bytes: &[u8]) -> Vec<String> {
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    (0..z.len())
+        .map(|i| z.by_index(i).unwrap().name().to_string())
+        .collect()
+}
+
+pub fn zip_file(bytes: &[u8], name: &str) -> String {
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut s = String::new();
+    z.by_name(name).unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+/// Publish a task directly with lapin, in Celery's format (the headers of a
+/// captured Celery 5.6 message, a fresh id): no Python process start, for
+/// latency measurements.
+pub async fn publish_fast(conn: &lapin::Connection, queue: &str, run_args: &Value) -> String {
+    let mut c = support::amqp::fixture("celery5-prediction");
+    let id = uuid::Uuid::new_v4().to_string();
+    c.headers.insert("id".into(), Value::String(id.clone()));
+    c.headers
+        .insert("root_id".into(), Value::String(id.clone()));
+    c.properties["correlation_id"] = Value::String(id.clone());
+    let body = json!([[run_args], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]);
+    support::amqp::publish_raw(
+        conn,
+        "",
+        queue,
+        &c.headers,
+        &c.properties,
+        body.to_string().as_bytes(),
+    )
+    .await;
+    id
+}
