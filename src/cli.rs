@@ -75,15 +75,8 @@ pub struct ServeArgs {
     /// Verify the broker's TLS certificate (Codabench's worker does not).
     #[arg(long)]
     pub verify_broker_tls: bool,
-    /// Memory limit per program, e.g. 8g (needs a delegated cgroup).
-    #[arg(long, value_parser = parse_bytes, env = "COMPUTE_WORKER_MEMORY")]
-    pub memory: Option<u64>,
-    /// Process limit per program (needs a delegated cgroup).
-    #[arg(long, env = "COMPUTE_WORKER_PIDS")]
-    pub pids: Option<i64>,
-    /// cpuset per program (needs a delegated cgroup).
-    #[arg(long, env = "COMPUTE_WORKER_CPUS")]
-    pub cpus: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -124,15 +117,8 @@ pub struct LocalRunArgs {
     /// Network of the programs: host or none.
     #[arg(long, default_value = "host")]
     pub network: Network,
-    /// Memory limit per program, e.g. 2g (needs a delegated cgroup).
-    #[arg(long, value_parser = parse_bytes)]
-    pub memory: Option<u64>,
-    /// Process limit per program (needs a delegated cgroup).
-    #[arg(long)]
-    pub pids: Option<i64>,
-    /// cpuset per program (needs a delegated cgroup).
-    #[arg(long)]
-    pub cpus: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Keep each step's job directory (as CODALAB_IGNORE_CLEANUP_STEP).
     #[arg(long)]
     pub keep_job_dirs: bool,
@@ -197,6 +183,30 @@ pub struct ImportArgs {
     pub name: Option<String>,
 }
 
+/// Resource limits of each program, through a delegated cgroup.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Memory limit, e.g. 512m, 2g (needs a delegated cgroup).
+    #[arg(long, value_parser = parse_bytes, env = "COMPUTE_WORKER_MEMORY")]
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads (needs a delegated cgroup).
+    #[arg(long, env = "COMPUTE_WORKER_PIDS")]
+    pub pids: Option<i64>,
+    /// cpuset, e.g. 0-1 or 0,2 (needs a delegated cgroup).
+    #[arg(long, env = "COMPUTE_WORKER_CPUS")]
+    pub cpus: Option<String>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> crate::sandbox::Limits {
+        crate::sandbox::Limits {
+            memory: self.memory,
+            pids: self.pids,
+            cpus: self.cpus.clone(),
+        }
+    }
+}
+
 /// Host-side settings every sandbox shares.
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
@@ -237,15 +247,8 @@ pub struct ExecArgs {
     /// Network: none (only lo) or host.
     #[arg(long, default_value = "none")]
     pub network: Network,
-    /// Memory limit, e.g. 512m, 2g (needs a delegated cgroup).
-    #[arg(long, value_parser = parse_bytes)]
-    pub memory: Option<u64>,
-    /// Maximum number of processes and threads (needs a delegated cgroup).
-    #[arg(long)]
-    pub pids: Option<i64>,
-    /// cpuset, e.g. 0-1 or 0,2 (needs a delegated cgroup).
-    #[arg(long)]
-    pub cpus: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Wall-clock time limit, e.g. 30, 30s, 5m, 1h; the whole sandbox is killed then.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,

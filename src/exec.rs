@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::{ExecArgs, SandboxArgs};
-use crate::sandbox::{self, Limits, Output, RunSpec, Sandbox, SandboxConfig};
+use crate::sandbox::{self, Output, RunSpec, Sandbox, SandboxConfig};
 
 /// Build the sandbox configuration from the command line, and clean up
 /// after crashed runs.
@@ -77,11 +77,7 @@ pub fn image_run(image: &rootfs_cache::Image, command: Vec<String>) -> Result<Ru
 
 /// Run the command; returns the exit code for the process.
 pub fn run(args: ExecArgs) -> Result<i32> {
-    let limits = Limits {
-        memory: args.memory,
-        pids: args.pids,
-        cpus: args.cpus.clone(),
-    };
+    let limits = args.limits.limits();
     let cfg = sandbox_config(&args.sandbox, !limits.is_empty())?;
     // With --image, the lease keeps the image from eviction while it runs.
     let (mut run, _lease) = match (&args.rootfs, &args.image) {

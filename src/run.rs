@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::LocalRunArgs;
 use crate::job::lifecycle::{self, Ending, Images, Settings, Slot, Step, Uploads, Worker};
 use crate::job::local::LocalReporter;
-use crate::sandbox::{Limits, Network};
+use crate::sandbox::Network;
 
 /// The demo competition, compiled into the binary.
 const DEMO: &[(&str, &str)] = &[
@@ -83,11 +83,7 @@ fn busybox_rootfs(state_dir: &Path) -> Result<PathBuf> {
 }
 
 pub fn run(args: LocalRunArgs) -> Result<i32> {
-    let limits = Limits {
-        memory: args.memory,
-        pids: args.pids,
-        cpus: args.cpus.clone(),
-    };
+    let limits = args.limits.limits();
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
     let results = std::path::absolute(&args.results)?;
     std::fs::create_dir_all(&results)?;

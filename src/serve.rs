@@ -16,7 +16,6 @@ use crate::job::bundle::UnzipLimits;
 use crate::job::bundle_cache::{max_bytes_from_gb, BundleCache};
 use crate::job::lifecycle::{self, Ending, Images, Settings, Worker};
 use crate::job::remote::{step_from, SiteReporter};
-use crate::sandbox::Limits;
 use crate::site::{SiteClient, UrlRewrite};
 
 /// A Codabench-style truthy value: `true`, case-insensitive (as HEAD reads
@@ -61,11 +60,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let broker = BrokerUrl::parse(&raw_url, use_ssl, args.verify_broker_tls)
         .with_context(|| "BROKER_URL is not a valid broker URL".to_string())?;
 
-    let limits = Limits {
-        memory: args.memory,
-        pids: args.pids,
-        cpus: args.cpus.clone(),
-    };
+    let limits = args.limits.limits();
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
     let store = crate::images::open_store(&args.images, &sandbox)?;
     let host_dir = host_directory();

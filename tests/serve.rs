@@ -177,16 +177,12 @@ async fn a_revoke_kills_the_running_job() {
     let queue = unique_queue("e2e-revoke");
     let serve = Serve::start("serve-revoke", &queue);
     let site = FakeSite::start(504, 7).await;
-    let slow = user_dir("revoke-submission", 0o755);
-    fs::write(
-        slow.join("metadata"),
-        "command: sh -c 'sleep 4411 & exec sleep 4412'\n",
-    )
-    .unwrap();
-    site.add_bundle("submission.zip", zip_of(&slow));
-    let mut args = prediction_args(&site, IMAGE, 600);
-    args.as_object_mut().unwrap().remove("ingestion_program");
-    args.as_object_mut().unwrap().remove("input_data");
+    let args = submission_only_args(
+        &site,
+        "revoke-submission",
+        "sh -c 'sleep 4411 & exec sleep 4412'",
+        600,
+    );
     let task = publish(&queue, &args);
     let t = Instant::now();
     while host_processes("sleep 4412").is_empty() {
@@ -282,16 +278,12 @@ async fn sigterm_drains_then_gives_the_job_back_to_another_worker() {
         &[("COMPUTE_WORKER_DRAIN_TIMEOUT", "1s")],
     );
     let site = FakeSite::start(508, 7).await;
-    let sub = user_dir("sigterm-submission", 0o755);
-    fs::write(
-        sub.join("metadata"),
-        "command: sh -c 'sleep 4.321; echo odd > /app/output/predictions.txt'\n",
-    )
-    .unwrap();
-    site.add_bundle("submission.zip", zip_of(&sub));
-    let mut args = prediction_args(&site, IMAGE, 60);
-    args.as_object_mut().unwrap().remove("ingestion_program");
-    args.as_object_mut().unwrap().remove("input_data");
+    let args = submission_only_args(
+        &site,
+        "sigterm-submission",
+        "sh -c 'sleep 4.321; echo odd > /app/output/predictions.txt'",
+        60,
+    );
     publish(&queue, &args);
     let t = Instant::now();
     while host_processes("sleep 4.321").is_empty() {
@@ -346,16 +338,12 @@ async fn a_broker_connection_lost_mid_job_neither_loses_nor_repeats_it() {
     let queue = unique_queue("e2e-brokerloss");
     let serve = Serve::start("serve-brokerloss", &queue);
     let site = FakeSite::start(509, 7).await;
-    let sub = user_dir("brokerloss-submission", 0o755);
-    fs::write(
-        sub.join("metadata"),
-        "command: sh -c 'sleep 3.141; echo even > /app/output/predictions.txt'\n",
-    )
-    .unwrap();
-    site.add_bundle("submission.zip", zip_of(&sub));
-    let mut args = prediction_args(&site, IMAGE, 60);
-    args.as_object_mut().unwrap().remove("ingestion_program");
-    args.as_object_mut().unwrap().remove("input_data");
+    let args = submission_only_args(
+        &site,
+        "brokerloss-submission",
+        "sh -c 'sleep 3.141; echo even > /app/output/predictions.txt'",
+        60,
+    );
     publish(&queue, &args);
     let t = Instant::now();
     while host_processes("sleep 3.141").is_empty() {
@@ -408,16 +396,8 @@ async fn slots_run_jobs_at_the_same_time() {
     let mut sites = Vec::new();
     for (id, marker) in [(510, "2.718"), (511, "2.719")] {
         let site = FakeSite::start(id, 7).await;
-        let sub = user_dir(&format!("slots-{id}"), 0o755);
-        fs::write(
-            sub.join("metadata"),
-            format!("command: sh -c 'sleep {marker}; echo odd > /app/output/predictions.txt'\n"),
-        )
-        .unwrap();
-        site.add_bundle("submission.zip", zip_of(&sub));
-        let mut args = prediction_args(&site, IMAGE, 60);
-        args.as_object_mut().unwrap().remove("ingestion_program");
-        args.as_object_mut().unwrap().remove("input_data");
+        let command = format!("sh -c 'sleep {marker}; echo odd > /app/output/predictions.txt'");
+        let args = submission_only_args(&site, &format!("slots-{id}"), &command, 60);
         publish(&queue, &args);
         sites.push(site);
     }

@@ -271,3 +271,16 @@ pub async fn publish_fast(conn: &lapin::Connection, queue: &str, run_args: &Valu
     .await;
     id
 }
+
+/// Run args of a prediction step whose only bundle is a submission running
+/// `command` (from its `metadata`), with no ingestion program.
+pub fn submission_only_args(site: &FakeSite, name: &str, command: &str, limit: u64) -> Value {
+    let sub = user_dir(name, 0o755);
+    fs::write(sub.join("metadata"), format!("command: {command}\n")).unwrap();
+    site.add_bundle("submission.zip", zip_of(&sub));
+    let mut args = prediction_args(site, IMAGE, limit);
+    for key in ["ingestion_program", "input_data"] {
+        args.as_object_mut().unwrap().remove(key);
+    }
+    args
+}
