@@ -253,6 +253,13 @@ pub fn zip_file(bytes: &[u8], name: &str) -> String {
 /// captured Celery 5.6 message, a fresh id): no Python process start, for
 /// latency measurements.
 pub async fn publish_fast(conn: &lapin::Connection, queue: &str, run_args: &Value) -> String {
+    // Declare the queue as Celery does before publishing: a message to a
+    // queue nobody declared yet would be dropped.
+    let ch = conn.create_channel().await.unwrap();
+    compute_worker::broker::consumer::declare_topology(&ch, queue)
+        .await
+        .unwrap();
+    let _ = ch.close(200, "ok").await;
     let mut c = support::amqp::fixture("celery5-prediction");
     let id = uuid::Uuid::new_v4().to_string();
     c.headers.insert("id".into(), Value::String(id.clone()));
