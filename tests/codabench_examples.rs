@@ -97,10 +97,17 @@ fn wheat_code_submission_with_ingestion_and_sklearn_scoring() {
             &p("wheat/scoring_program"),
         ],
     );
+    // The example's model is an unseeded KMeans whose cluster labels fall in
+    // any order: its accuracy is any number in [0, 1]. What matters is that
+    // scoring read the ingestion's predictions and its metadata.json.
     let accuracy = scores["accuracy"]
         .as_f64()
         .unwrap_or_else(|| panic!("{scores}"));
-    assert!((0.5..=1.0).contains(&accuracy), "{scores}");
+    assert!((0.0..=1.0).contains(&accuracy), "{scores}");
+    let duration = scores["duration"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{scores}"));
+    assert!(duration >= 0.0, "the ingestion's duration: {scores}");
     assert!(results.join("prediction/prediction_result.zip").is_file());
     assert!(results.join("scoring/scoring_result.zip").is_file());
 }
