@@ -113,25 +113,8 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub fn pull(args: PullArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
-    let store = open_store(&args.images, &sandbox)?;
-    let progress = rootfs_cache::progress::auto();
-    let image = runtime()?.block_on(store.pull(&args.image, &*progress))?;
-    println!(
-        "{} {} {}",
-        image.name,
-        image.manifest_digest,
-        human(image.size)
-    );
-    Ok(0)
-}
-
-pub fn import(args: ImportArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
-    let store = open_store(&args.images, &sandbox)?;
-    let progress = rootfs_cache::progress::auto();
-    let images = runtime()?.block_on(store.import(&args.path, args.name.as_deref(), &*progress))?;
+/// One line per image: name, digest, size.
+fn print_images(images: &[rootfs_cache::Image]) {
     for image in images {
         println!(
             "{} {} {}",
@@ -140,6 +123,23 @@ pub fn import(args: ImportArgs) -> Result<i32> {
             human(image.size)
         );
     }
+}
+
+pub fn pull(args: PullArgs) -> Result<i32> {
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
+    let store = open_store(&args.images, &sandbox)?;
+    let progress = rootfs_cache::progress::auto();
+    let image = runtime()?.block_on(store.pull(&args.image, &*progress))?;
+    print_images(&[image]);
+    Ok(0)
+}
+
+pub fn import(args: ImportArgs) -> Result<i32> {
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
+    let store = open_store(&args.images, &sandbox)?;
+    let progress = rootfs_cache::progress::auto();
+    let images = runtime()?.block_on(store.import(&args.path, args.name.as_deref(), &*progress))?;
+    print_images(&images);
     Ok(0)
 }
 

@@ -184,15 +184,7 @@ async fn a_revoke_kills_the_running_job() {
         600,
     );
     let task = publish(&queue, &args);
-    let t = Instant::now();
-    while host_processes("sleep 4412").is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "never started:\n{}",
-            serve.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    serve.wait_for_process("sleep 4412").await;
     revoke(&task);
     let t = Instant::now();
     while !host_processes("sleep 441").is_empty() {
@@ -285,15 +277,7 @@ async fn sigterm_drains_then_gives_the_job_back_to_another_worker() {
         60,
     );
     publish(&queue, &args);
-    let t = Instant::now();
-    while host_processes("sleep 4.321").is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "never started:\n{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first.wait_for_process("sleep 4.321").await;
     // SIGTERM: the job may run for the 1 s drain, then it is killed and
     // its task goes back to the queue; the worker exits cleanly.
     let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
@@ -345,15 +329,7 @@ async fn a_broker_connection_lost_mid_job_neither_loses_nor_repeats_it() {
         60,
     );
     publish(&queue, &args);
-    let t = Instant::now();
-    while host_processes("sleep 3.141").is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "never started:\n{}",
-            serve.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serve.wait_for_process("sleep 3.141").await;
     // The broker drops the worker's connection while the job runs: the
     // unacknowledged task goes back to the queue and is redelivered after
     // the worker reconnects.

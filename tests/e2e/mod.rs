@@ -76,6 +76,20 @@ impl Serve {
         }
     }
 
+    /// Wait until a process whose command line starts with `needle` runs
+    /// (a job's program), failing with the worker's log after 60 s.
+    pub async fn wait_for_process(&self, needle: &str) {
+        let t = Instant::now();
+        while sandbox_env::host_processes(needle).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{needle} never started:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
