@@ -209,14 +209,8 @@ fn background_children_die_with_the_program() {
 fn pids_limit_stops_a_fork_bomb() {
     let _cg = CGROUP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
-    let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg
-        .iter()
-        .map(String::as_str)
-        .chain(["--pids", "40", "--timeout", "20"])
-        .collect();
-    let r = e.exec(
-        &opts,
+    let r = e.exec_limited(
+        &["--pids", "40", "--timeout", "20"],
         &[
             "sh",
             "-c",
@@ -241,14 +235,8 @@ fn pids_limit_stops_a_fork_bomb() {
 fn memory_hog_is_reported_as_oom() {
     let _cg = CGROUP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
-    let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg
-        .iter()
-        .map(String::as_str)
-        .chain(["--memory", "32m"])
-        .collect();
-    let r = e.exec(
-        &opts,
+    let r = e.exec_limited(
+        &["--memory", "32m"],
         &[
             "sh",
             "-c",
@@ -270,14 +258,11 @@ fn memory_hog_is_reported_as_oom() {
 fn cpuset_limit_pins_the_program() {
     let _cg = CGROUP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let e = env();
-    let cg = e.cgroup_opts();
-    let opts: Vec<&str> = cg
-        .iter()
-        .map(String::as_str)
-        .chain(["--cpus", "0"])
-        .collect();
     let out = e
-        .exec(&opts, &["grep", "Cpus_allowed_list", "/proc/self/status"])
+        .exec_limited(
+            &["--cpus", "0"],
+            &["grep", "Cpus_allowed_list", "/proc/self/status"],
+        )
         .ok();
     assert!(out.trim().ends_with("\t0"), "{out}");
 }

@@ -184,6 +184,17 @@ impl Env {
         self.exec(&[], &["sh", "-c", script])
     }
 
+    /// `exec` in the delegated cgroup subtree with `limits` (e.g. `--pids 40`).
+    pub fn exec_limited(&self, limits: &[&str], cmd: &[&str]) -> Run {
+        let cg = self.cgroup_opts();
+        let opts: Vec<&str> = cg
+            .iter()
+            .map(String::as_str)
+            .chain(limits.iter().copied())
+            .collect();
+        self.exec(&opts, cmd)
+    }
+
     /// Options that put the run in the delegated cgroup subtree.
     pub fn cgroup_opts(&self) -> Vec<String> {
         vec!["--cgroup-parent".into(), self.cgroup_parent.clone()]
