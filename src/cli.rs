@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::template::parse_path;
 use crate::sandbox::{Bind, Network};
 
 #[derive(Debug, Parser)]
@@ -14,6 +15,11 @@ use crate::sandbox::{Bind, Network};
     about = "Codabench compute worker with rootless sandboxes and no container engine"
 )]
 pub struct Cli {
+    /// A TOML config file (default: $XDG_CONFIG_HOME/compute-worker/config.toml,
+    /// else /etc/compute-worker/config.toml; also COMPUTE_WORKER_CONFIG).
+    /// The .env file, the environment and flags win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// A .env file with Codabench's variable names (default: ./.env if it
     /// exists); the environment wins over it.
     #[arg(long, global = true)]
@@ -54,6 +60,18 @@ pub enum Cmd {
     Prune(PruneArgs),
     /// Import an OCI layout (directory or tarball) or a `docker save` archive.
     Import(ImportArgs),
+    /// Print the effective configuration (`serve`'s options, Codabench's
+    /// variables), each value with where it came from; secrets redacted.
+    Config(Box<ConfigArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +91,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5m", env = "COMPUTE_WORKER_DRAIN_TIMEOUT")]
     pub drain_timeout: Duration,
     /// Verify the broker's TLS certificate (Codabench's worker does not).
-    #[arg(long)]
+    #[arg(long, env = "COMPUTE_WORKER_VERIFY_BROKER_TLS")]
     pub verify_broker_tls: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -128,7 +146,7 @@ pub struct LocalRunArgs {
 #[derive(Debug, Args)]
 pub struct ImageArgs {
     /// Image cache directory (default: $XDG_DATA_HOME/compute-worker/images).
-    #[arg(long, env = "COMPUTE_WORKER_IMAGE_DIR")]
+    #[arg(long, env = "COMPUTE_WORKER_IMAGE_DIR", value_parser = parse_path)]
     pub image_dir: Option<PathBuf>,
     /// Size bound of the image cache, e.g. 50g (default 20 GiB).
     #[arg(long, env = "COMPUTE_WORKER_IMAGE_CACHE_MAX", value_parser = parse_bytes)]
@@ -211,11 +229,11 @@ impl LimitArgs {
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Where run directories (overlay upper layers, bundles) live.
-    #[arg(long, env = "COMPUTE_WORKER_STATE_DIR")]
+    #[arg(long, env = "COMPUTE_WORKER_STATE_DIR", value_parser = parse_path)]
     pub state_dir: Option<PathBuf>,
     /// A cgroup subtree delegated to this user, as a path inside the cgroup
     /// hierarchy (e.g. /compute-worker). Without one, limits are off.
-    #[arg(long, env = "COMPUTE_WORKER_CGROUP_PARENT")]
+    #[arg(long, env = "COMPUTE_WORKER_CGROUP_PARENT", value_parser = parse_path)]
     pub cgroup_parent: Option<PathBuf>,
 }
 

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod exec;
 pub mod images;
 pub mod job;

@@ -1,6 +1,7 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use compute_worker::cli::{Cli, Cmd, LogFormat};
+use compute_worker::config::{self, Early};
 
 fn main() {
     // The sandbox helper must start before anything else: it forks, so it
@@ -15,21 +16,21 @@ fn main() {
         );
         compute_worker::sandbox::helper::main();
     }
-    // A .env file (Codabench's names) fills what the environment lacks;
-    // it must be read before clap looks at `env = ...` defaults.
-    let env_file = env_file_arg();
-    match &env_file {
-        Some(path) => {
-            if let Err(e) = dotenvy::from_path(path) {
-                eprintln!("compute-worker: cannot read {}: {e}", path.display());
-                std::process::exit(2);
-            }
+    // The layers below the command line (config file, .env) go into the
+    // environment before clap reads it, while this process has one thread.
+    let early = Early::from_args(std::env::args_os());
+    let layers = match config::load(&Cli::command(), &early) {
+        Ok(layers) => layers,
+        Err(e) => {
+            eprintln!("compute-worker: {e:#}");
+            std::process::exit(2);
         }
-        None => {
-            let _ = dotenvy::dotenv();
-        }
-    }
-    let cli = Cli::parse();
+    };
+    // Built after `load`: clap reads each option's variable when the
+    // option is declared.
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(
         cli.log_format,
         "COMPUTE_WORKER_LOG",
@@ -43,6 +44,10 @@ fn main() {
         Cmd::Images(args) => compute_worker::images::list(args),
         Cmd::Prune(args) => compute_worker::images::prune(args),
         Cmd::Import(args) => compute_worker::images::import(args),
+        Cmd::Config(args) => {
+            let sub = matches.subcommand_matches("config").unwrap_or(&matches);
+            Ok(config::show(&command, &layers, sub, args.json))
+        }
     };
     match code {
         Ok(code) => std::process::exit(code),
@@ -51,24 +56,6 @@ fn main() {
             std::process::exit(1)
         }
     }
-}
-
-/// `--env-file PATH` / `--env-file=PATH`, looked up before clap runs.
-fn env_file_arg() -> Option<std::path::PathBuf> {
-    let mut args = std::env::args_os().skip(1);
-    while let Some(a) = args.next() {
-        let a = a.to_string_lossy().into_owned();
-        if a == "--env-file" {
-            return args.next().map(Into::into);
-        }
-        if let Some(p) = a.strip_prefix("--env-file=") {
-            return Some(p.into());
-        }
-        if a == "--" {
-            break;
-        }
-    }
-    None
 }
 
 fn init_logging(format: LogFormat, var: &str, default: &str) {

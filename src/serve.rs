@@ -2,85 +2,46 @@
 //! Consumes `compute_worker_run` tasks and runs each job step against the
 //! site, with the environment variables of Codabench's `.env`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::url::{use_ssl_from_env, BrokerUrl};
 use crate::broker::{Consumer, ConsumerConfig, Disposition, Job};
 use crate::cli::ServeArgs;
+use crate::config::codabench::Codabench;
 use crate::job::bundle::UnzipLimits;
-use crate::job::bundle_cache::{max_bytes_from_gb, BundleCache};
+use crate::job::bundle_cache::BundleCache;
 use crate::job::lifecycle::{self, Ending, Images, Settings, Worker};
 use crate::job::remote::{step_from, SiteReporter};
 use crate::site::{SiteClient, UrlRewrite};
 
-/// A Codabench-style truthy value: `true`, case-insensitive (as HEAD reads
-/// `USE_GPU` and `COMPETITION_CONTAINER_NETWORK_DISABLED`).
-fn env_true(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
-}
-
-/// Any non-empty value (as Codabench reads `CODALAB_IGNORE_CLEANUP_STEP`).
-fn env_set(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty())
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// Codabench's `HOST_DIRECTORY` (job directories, `data/`), defaulting to
-/// `$XDG_DATA_HOME/compute-worker/codabench`.
-fn host_directory() -> PathBuf {
-    match std::env::var_os("HOST_DIRECTORY").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => crate::images::default_image_dir()
-            .parent()
-            .map(|p| p.join("codabench"))
-            .unwrap_or_else(|| PathBuf::from("/tmp/codabench")),
-    }
-}
-
 pub fn run(args: ServeArgs) -> Result<i32> {
-    for ignored in ["CONTAINER_ENGINE_EXECUTABLE", "CONTAINER_SOCKET"] {
-        if env_set(ignored) {
-            tracing::info!("{ignored} is set but not needed: this worker runs sandboxes itself, with no container engine");
-        }
-    }
-    if env_true("USE_GPU") {
+    let codabench = Codabench::from_env()?;
+    if codabench.use_gpu {
         tracing::warn!("USE_GPU=true: GPU injection is not implemented yet; jobs run on CPU");
     }
-    let raw_url = std::env::var("BROKER_URL")
-        .context("BROKER_URL is not set: give it in the environment or in .env (pyamqp://user:pass@host:5672/vhost)")?;
-    let use_ssl = use_ssl_from_env(std::env::var("BROKER_USE_SSL").ok().as_deref());
-    let broker = BrokerUrl::parse(&raw_url, use_ssl, args.verify_broker_tls)
-        .with_context(|| "BROKER_URL is not a valid broker URL".to_string())?;
+    let broker = codabench.broker(args.verify_broker_tls)?;
 
     let limits = args.limits.limits();
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
     let store = crate::images::open_store(&args.images, &sandbox)?;
-    let host_dir = host_directory();
+    let host_dir = codabench.host_directory.clone();
     let settings = Settings {
         work_dir: host_dir.clone(),
         data_dir: Some(host_dir.join("data")),
-        network: !env_true("COMPETITION_CONTAINER_NETWORK_DISABLED"),
-        http_proxy: env_or("COMPETITION_CONTAINER_HTTP_PROXY", ""),
-        https_proxy: env_or("COMPETITION_CONTAINER_HTTPS_PROXY", ""),
-        keep_job_dir: env_set("CODALAB_IGNORE_CLEANUP_STEP"),
+        network: !codabench.network_disabled,
+        http_proxy: codabench.http_proxy.clone(),
+        https_proxy: codabench.https_proxy.clone(),
+        keep_job_dir: codabench.keep_job_dirs,
         limits,
         ..Settings::default()
     };
-    let rewrite = std::env::var("WORKER_BUNDLE_URL_REWRITE")
-        .ok()
-        .and_then(|v| UrlRewrite::parse(&v));
+    let rewrite = codabench.bundle_url_rewrite.clone();
     // The dataset cache (input_data, reference_data), as Codabench's
     // /codabench/cache, bounded by MAX_CACHE_DIR_SIZE_GB.
-    let max_cache = max_bytes_from_gb(std::env::var("MAX_CACHE_DIR_SIZE_GB").ok().as_deref());
-    let cache = match BundleCache::new(host_dir.join("cache"), max_cache) {
+    let cache = match BundleCache::new(host_dir.join("cache"), codabench.max_cache_bytes) {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
             tracing::warn!(error = %e, "no bundle cache: {}", host_dir.join("cache").display());
