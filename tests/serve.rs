@@ -392,3 +392,59 @@ async fn slots_run_jobs_at_the_same_time() {
     }
     serve.stop();
 }
+
+/// Celery's soft limit (the site's execution limit + 20 min, from receipt)
+/// ends the job as Codabench's worker ends it: `Failed`, "Soft time limit
+/// exceeded!", no time-limit report, nothing left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_time_limit_fails_the_job_and_kills_it() {
+    let queue = unique_queue("e2e-soft");
+    let serve = Serve::start("serve-soft", &queue);
+    let site = FakeSite::start(507, 7).await;
+    let args = submission_only_args(&site, "soft-submission", "sleep 4404", 600);
+    publish_with_soft_limit(&queue, &args, 3);
+    let st = wait_for_status(&site, &serve, "Failed", 60).await;
+    assert_eq!(st.last().map(String::as_str), Some("Failed"), "{st:?}");
+    let patches = site.patches();
+    assert!(
+        patches.iter().all(|p| p.get("type").is_none()),
+        "{patches:?}"
+    );
+    let details = patches.last().unwrap().get("status_details").unwrap();
+    assert!(
+        details.starts_with("Soft time limit exceeded!"),
+        "{details}"
+    );
+    assert!(host_processes("sleep 4404").is_empty());
+    serve.stop();
+}
+
+/// A site that answers a PATCH with an error: a failed Running report does
+/// not stop the job, and the final status is retried until it lands
+/// (Codabench's worker gives up and leaves the submission stuck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_patches_the_site_refuses_are_survived_and_retried() {
+    let queue = unique_queue("e2e-patch500");
+    let serve = Serve::start("serve-patch500", &queue);
+    let site = FakeSite::start(508, 7).await;
+    site.fail_status("Running", 503, 1);
+    // Scoring is the prediction step's final status (the site then queues
+    // the scoring step).
+    site.fail_status("Scoring", 500, 2);
+    let args = submission_only_args(&site, "patch-submission", "echo ok", 60);
+    publish(&queue, &args);
+    let st = wait_for_status(&site, &serve, "Scoring", 60).await;
+    assert_eq!(st.last().map(String::as_str), Some("Scoring"), "{st:?}");
+    assert!(!st.contains(&"Failed".to_string()), "{st:?}");
+    let rejected: Vec<String> = site
+        .rejected_patches()
+        .iter()
+        .filter_map(|(_, form)| {
+            form.iter()
+                .find(|(k, _)| k == "status")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(rejected, ["Running", "Scoring", "Scoring"]);
+    serve.stop();
+}

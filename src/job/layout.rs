@@ -95,6 +95,14 @@ pub fn time_limit_message(execution_time_limit: u64) -> String {
     format!("Execution Time Limit exceeded. Limit was {execution_time_limit} seconds")
 }
 
+/// The Celery soft time limit ran out (the site sets it to the execution
+/// time limit plus 20 minutes, counted from when the task was received).
+pub fn soft_time_limit_message() -> String {
+    "Soft time limit exceeded! The job took longer than the site allows for the whole task \
+     (downloads and image pull included); it was stopped."
+        .into()
+}
+
 /// The deadline for running programs that starts now: the execution
 /// limit, cut short by the Celery soft limit's `deadline` (from receipt)
 /// if that comes first.

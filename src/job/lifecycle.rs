@@ -419,8 +419,15 @@ async fn steps<R: Reporter>(
         return Ok(Ending::Cancelled);
     }
 
+    // The site's soft limit counts from receipt: past it, the site has
+    // given up on this task, so nothing more is started.
+    let now = Instant::now();
+    if soft_deadline.is_some_and(|d| d <= now) {
+        return Err(layout::soft_time_limit_message().into());
+    }
     // The clock starts now: downloads and the pull are not the participant's time.
-    let deadline = layout::run_deadline(Instant::now(), step.execution_time_limit, soft_deadline);
+    let deadline = layout::run_deadline(now, step.execution_time_limit, soft_deadline);
+    let soft_limit_first = soft_deadline.is_some() && deadline == soft_deadline;
     let output = root.join("output");
     let mut runs = Vec::new();
     for kind in [ProgramKind::Program, ProgramKind::Ingestion] {
@@ -481,6 +488,11 @@ async fn steps<R: Reporter>(
     *program_exit = prog.exit_code;
     match stop {
         Stop::Cancelled => return Ok(Ending::Cancelled),
+        // As Celery's SoftTimeLimitExceeded in Codabench's worker: only a
+        // Failed status, no time-limit report.
+        Stop::TimedOut if soft_limit_first => {
+            return Err(layout::soft_time_limit_message().into());
+        }
         Stop::TimedOut => {
             let msg = layout::time_limit_message(step.execution_time_limit);
             return Err(Failure {

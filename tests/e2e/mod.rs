@@ -130,6 +130,11 @@ pub fn zip_of(dir: &Path) -> Vec<u8> {
 
 /// Publish one `compute_worker_run` with the real Celery, as the site does.
 pub fn publish(queue: &str, run_args: &Value) -> String {
+    publish_with_soft_limit(queue, run_args, 1800)
+}
+
+/// `publish`, with Celery's soft time limit (`timelimit[1]`) in seconds.
+pub fn publish_with_soft_limit(queue: &str, run_args: &Value, soft_limit: u64) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery/celery_tool.py");
     let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(python)
@@ -138,7 +143,7 @@ pub fn publish(queue: &str, run_args: &Value) -> String {
             "publish",
             queue,
             &run_args.to_string(),
-            "1800",
+            &soft_limit.to_string(),
             "0",
             support::site::SECRET,
         ])
