@@ -9,6 +9,7 @@ pub mod cli;
 pub mod exec;
 pub mod images;
 pub mod job;
+pub mod ops;
 pub mod run;
 pub mod sandbox;
 pub mod serve;

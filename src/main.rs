@@ -43,6 +43,9 @@ fn main() {
         Cmd::Images(args) => compute_worker::images::list(args),
         Cmd::Prune(args) => compute_worker::images::prune(args),
         Cmd::Import(args) => compute_worker::images::import(args),
+        Cmd::Doctor(args) => compute_worker::ops::doctor::run(*args),
+        Cmd::SetupHost(args) => compute_worker::ops::setup_host::run(*args),
+        Cmd::InstallService(args) => compute_worker::ops::service::run(args, cli.env_file),
     };
     match code {
         Ok(code) => std::process::exit(code),
