@@ -384,7 +384,7 @@ fn disk(name: &'static str, dir: &Path, var: &str, h: &Host) -> Check {
         );
     }
     let free = match nix::sys::statvfs::statvfs(existing) {
-        Ok(s) => s.blocks_available() as u64 * s.fragment_size() as u64,
+        Ok(s) => s.blocks_available() * s.fragment_size(),
         Err(e) => {
             return Check::warn(
                 name,
