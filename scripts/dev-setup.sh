@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   uidmap busybox-static util-linux procps time file \
-  docker-registry skopeo debootstrap \
+  docker-registry skopeo debootstrap systemd \
   ca-certificates pkg-config gcc libseccomp-dev >/dev/null
 
 echo "== Python celery (the broker tests publish with the real Celery)"

@@ -63,6 +63,13 @@ pub enum Cmd {
     /// Print the effective configuration (`serve`'s options, Codabench's
     /// variables), each value with where it came from; secrets redacted.
     Config(Box<ConfigArgs>),
+    /// Check that this host can run the worker: one row per check, with a fix for each failure.
+    Doctor(Box<crate::ops::doctor::DoctorArgs>),
+    /// Set the host up for the worker's user (as root, once): subordinate
+    /// ids, cgroup delegation, linger, cache directories.
+    SetupHost(Box<crate::ops::setup_host::SetupHostArgs>),
+    /// Write a systemd user unit that runs `serve`, and start it.
+    InstallService(crate::ops::service::InstallServiceArgs),
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod exec;
 pub mod images;
 pub mod job;
+pub mod ops;
 pub mod run;
 pub mod sandbox;
 pub mod serve;

@@ -48,6 +48,9 @@ fn main() {
             let sub = matches.subcommand_matches("config").unwrap_or(&matches);
             Ok(config::show(&command, &layers, sub, args.json))
         }
+        Cmd::Doctor(args) => compute_worker::ops::doctor::run(*args),
+        Cmd::SetupHost(args) => compute_worker::ops::setup_host::run(*args),
+        Cmd::InstallService(args) => compute_worker::ops::service::run(args, cli.env_file),
     };
     match code {
         Ok(code) => std::process::exit(code),

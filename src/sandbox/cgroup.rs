@@ -38,7 +38,7 @@ pub enum Version {
 }
 
 /// v1 controllers the limits need; a v1 delegation must cover them.
-const V1_REQUIRED: &[&str] = &["memory", "pids", "cpuset"];
+pub const V1_REQUIRED: &[&str] = &["memory", "pids", "cpuset"];
 
 /// A delegated subtree that this user can create run cgroups in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -116,8 +116,14 @@ fn controllers_of(mount: &Path) -> impl Iterator<Item = String> {
 
 /// Mount points of the v1 controllers youki will use.
 fn v1_mounts() -> Vec<PathBuf> {
+    v1_mounts_in(Path::new(ROOT))
+}
+
+/// Mount points of the v1 controllers under `root` (normally
+/// `/sys/fs/cgroup`; another root in `setup-host --root` tests).
+pub fn v1_mounts_in(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(ROOT) else {
+    let Ok(entries) = fs::read_dir(root) else {
         return out;
     };
     for e in entries.flatten() {

@@ -91,6 +91,11 @@ fn run_helper() -> Result<()> {
             wire::send(&mut control, &Event::Unpacked { result })?;
             Ok(())
         }
+        Task::ProbeOverlay { dir } => {
+            let result = probe_overlay(&dir).map_err(|e| format!("{e:#}"));
+            wire::send(&mut control, &Event::Probed { result })?;
+            Ok(())
+        }
         Task::Run {
             run,
             id,
@@ -230,14 +235,7 @@ impl Keeper {
     }
 
     fn setup_and_run(&mut self, rootfs: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .context("making the mount namespace private")?;
+        make_mounts_private()?;
         if self.run.network == Network::None {
             super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
         }
@@ -324,41 +322,15 @@ impl Keeper {
 
     fn mount_rootfs(&self, rootfs: &Path) -> Result<()> {
         let (upper, work, _, _, _) = super::rundir::layout(&self.rundir);
-        for p in self.run.layers.iter().chain([&upper, &work]) {
-            let s = p.to_string_lossy();
-            if s.contains([',', ':']) || !p.is_absolute() {
-                bail!(
-                    "layer path {} cannot be used in an overlay mount (it must be absolute and hold no `,` or `:`)",
-                    p.display()
-                );
-            }
-            if !p.is_dir() {
-                bail!("rootfs layer {} is not a directory", p.display());
-            }
-        }
-        let lower: Vec<String> = self
-            .run
-            .layers
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
         // `volatile`: no sync of the upper layer at unmount. The layer is
         // thrown away after the run, and that sync costs milliseconds.
-        let volatile = if self.run.keep_upper { "" } else { ",volatile" };
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr{volatile}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        );
-        mount(
-            Some("overlay"),
+        mount_overlay(
+            &self.run.layers,
+            &upper,
+            &work,
             rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
+            !self.run.keep_upper,
         )
-        .with_context(|| format!("mounting the overlay rootfs ({opts})"))
     }
 
     /// Wait for the program's exit, the deadline, or a kill request.
@@ -401,6 +373,84 @@ impl Keeper {
             }
         }
     }
+}
+
+/// Mount an overlay of `layers` (top first) with `upper`/`work` on
+/// `target`, as root of a user namespace (`userxattr`).
+fn mount_overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
+    for p in layers.iter().map(PathBuf::as_path).chain([upper, work]) {
+        let s = p.to_string_lossy();
+        if s.contains([',', ':']) || !p.is_absolute() {
+            bail!(
+                "layer path {} cannot be used in an overlay mount (it must be absolute and hold no `,` or `:`)",
+                p.display()
+            );
+        }
+        if !p.is_dir() {
+            bail!("rootfs layer {} is not a directory", p.display());
+        }
+    }
+    let lower: Vec<String> = layers
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let volatile = if volatile { ",volatile" } else { "" };
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr{volatile}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .with_context(|| format!("mounting the overlay rootfs ({opts})"))
+}
+
+/// The `ProbeOverlay` task: in a new mount namespace, mount an overlay of
+/// `dir/lower` on `dir/merged` exactly as a run mounts its rootfs, read
+/// through it and write through it. The mount goes with the namespace.
+fn probe_overlay(dir: &Path) -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    make_mounts_private()?;
+    let merged = dir.join("merged");
+    mount_overlay(
+        &[dir.join("lower")],
+        &dir.join("upper"),
+        &dir.join("work"),
+        &merged,
+        true,
+    )?;
+    fs::read(merged.join(PROBE_FILE)).context("reading a lower-layer file through the overlay")?;
+    fs::write(merged.join("written"), b"ok").context("writing through the overlay")?;
+    if !dir.join("upper/written").is_file() {
+        bail!("a file written through the overlay did not land in its upper layer");
+    }
+    Ok(())
+}
+
+/// Name of the file `probe_overlay` expects in its lower layer.
+pub const PROBE_FILE: &str = "probe";
+
+fn make_mounts_private() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the mount namespace private")
 }
 
 /// Create the working directory in the run's upper layer when the image

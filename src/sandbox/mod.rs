@@ -159,6 +159,39 @@ impl SandboxConfig {
     }
 }
 
+impl SandboxConfig {
+    /// Check that a sandbox's rootfs can be mounted: in a fresh user
+    /// namespace with this config's maps, mount an overlay in the state
+    /// directory (its filesystem holds every run's upper layer) exactly as
+    /// a run does. `Ok(Err(why))` when the kernel refused.
+    pub fn probe_overlay(&self) -> Result<Result<(), String>, SandboxError> {
+        let dir = self
+            .state_dir
+            .join(format!(".probe-{}", std::process::id()));
+        let made = (|| {
+            for sub in ["lower", "upper", "work", "merged"] {
+                std::fs::create_dir_all(dir.join(sub))?;
+            }
+            std::fs::write(dir.join("lower").join(helper::PROBE_FILE), b"probe")
+        })();
+        let result = made
+            .map_err(|source| SandboxError::RunDir {
+                dir: self.state_dir.clone(),
+                source,
+            })
+            .and_then(
+                |()| match self.one_shot(&Task::ProbeOverlay { dir: dir.clone() })? {
+                    Event::Probed { result } => Ok(result),
+                    other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+                },
+            );
+        if std::fs::remove_dir_all(&dir).is_err() && dir.exists() {
+            let _ = self.remove_as_root(vec![dir]);
+        }
+        result
+    }
+}
+
 /// The helper process and our end of its control socket.
 struct Helper {
     child: Child,

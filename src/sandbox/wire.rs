@@ -37,6 +37,9 @@ pub enum Task {
         dest: PathBuf,
         opts: rootfs_cache::UnpackOptions,
     },
+    /// Mount an overlay in a new mount namespace as a run would (the
+    /// `doctor` check): `dir` holds `lower/`, `upper/`, `work/`, `merged/`.
+    ProbeOverlay { dir: PathBuf },
 }
 
 /// Caller → helper.
@@ -65,6 +68,8 @@ pub enum Event {
     Unpacked {
         result: Result<rootfs_cache::UnpackReport, String>,
     },
+    /// A `ProbeOverlay` task is done.
+    Probed { result: Result<(), String> },
 }
 
 pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {

@@ -1,0 +1,15 @@
+//! Operator commands: `doctor` (is this host ready?), `setup-host` (make it
+//! ready, as root, once) and `install-service` (run `serve` as a systemd
+//! user service).
+
+pub mod doctor;
+pub mod service;
+pub mod setup_host;
+
+use std::path::Path;
+
+/// True when systemd is the init system (`/run/systemd/system` exists, as
+/// `sd_booted()` checks).
+pub fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
