@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod cli;
 pub mod exec;
+pub mod gpu;
 pub mod images;
 pub mod job;
 pub mod run;
