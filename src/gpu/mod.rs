@@ -57,13 +57,11 @@ pub struct GpuHost {
     pub cdi: cdi::Registry,
 }
 
-/// The driver root: `COMPUTE_WORKER_GPU_ROOT` when set (tests, hosts with
-/// the driver under another root), else `/`.
-pub fn default_root() -> PathBuf {
-    std::env::var_os("COMPUTE_WORKER_GPU_ROOT")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+/// The edits for a `--gpus` value on the driver under `root`, with the
+/// capabilities `env` (the run's environment) asks for.
+pub fn edits_for(root: &Path, spec: &str, env: &[String]) -> Result<Edits, GpuError> {
+    let requests = select::parse(spec)?;
+    GpuHost::open(root).edits(&requests, &Capabilities::from_env(env))
 }
 
 impl GpuHost {
