@@ -93,7 +93,12 @@ pub struct ServeArgs {
 /// keep the driver under another root.
 #[derive(Debug, Args)]
 pub struct GpuRootArg {
-    #[arg(long, hide = true, default_value = "/", env = "COMPUTE_WORKER_GPU_ROOT")]
+    #[arg(
+        long,
+        hide = true,
+        default_value = "/",
+        env = "COMPUTE_WORKER_GPU_ROOT"
+    )]
     pub gpu_root: PathBuf,
 }
 

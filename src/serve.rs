@@ -51,9 +51,6 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             tracing::info!("{ignored} is set but not needed: this worker runs sandboxes itself, with no container engine");
         }
     }
-    if env_true("USE_GPU") {
-        tracing::warn!("USE_GPU=true: GPU injection is not implemented yet; jobs run on CPU");
-    }
     let raw_url = std::env::var("BROKER_URL")
         .context("BROKER_URL is not set: give it in the environment or in .env (pyamqp://user:pass@host:5672/vhost)")?;
     let use_ssl = use_ssl_from_env(std::env::var("BROKER_USE_SSL").ok().as_deref());
@@ -63,6 +60,14 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let limits = args.limits.limits();
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
     let store = crate::images::open_store(&args.images, &sandbox)?;
+    let slots = crate::job::worker_slots::SlotPlan::new(crate::job::worker_slots::PlanInput {
+        slots: args.slots,
+        use_gpu: env_true("USE_GPU"),
+        gpu_device: std::env::var("GPU_DEVICE").ok().as_deref(),
+        gpus_per_slot: args.gpus_per_slot,
+        slot_cpus: &args.slot_cpus,
+        gpu_root: &args.gpu_root.gpu_root,
+    })?;
     let host_dir = host_directory();
     let settings = Settings {
         work_dir: host_dir.clone(),
@@ -72,6 +77,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         https_proxy: env_or("COMPETITION_CONTAINER_HTTPS_PROXY", ""),
         keep_job_dir: env_set("CODALAB_IGNORE_CLEANUP_STEP"),
         limits,
+        slots,
         ..Settings::default()
     };
     let rewrite = std::env::var("WORKER_BUNDLE_URL_REWRITE")

@@ -10,7 +10,9 @@
 //! Inside the sandbox a static C program `dlopen`s the libraries by SONAME
 //! and opens the device nodes read-write.
 
+mod e2e;
 mod sandbox_env;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -45,7 +47,10 @@ fn fixtures() -> PathBuf {
 
 /// A character device with the numbers of /dev/null, mode 0666.
 fn char_node(path: &Path) {
-    sh(Command::new("mknod").args(["-m", "0666"]).arg(path).args(["c", "1", "3"]));
+    sh(Command::new("mknod")
+        .args(["-m", "0666"])
+        .arg(path)
+        .args(["c", "1", "3"]));
 }
 
 fn gpu_information(root: &Path, bus: &str, model: &str, uuid: &str, minor: u32) {
@@ -71,7 +76,10 @@ fn driver_root(name: &str, cdi: bool) -> PathBuf {
     for (base, soname) in [
         ("libcuda.so", "libcuda.so.1"),
         ("libnvidia-ml.so", "libnvidia-ml.so.1"),
-        ("libnvidia-ptxjitcompiler.so", "libnvidia-ptxjitcompiler.so.1"),
+        (
+            "libnvidia-ptxjitcompiler.so",
+            "libnvidia-ptxjitcompiler.so.1",
+        ),
         ("libnvidia-nvvm.so", "libnvidia-nvvm.so.4"),
         ("libnvidia-encode.so", "libnvidia-encode.so.1"), // video only
     ] {
@@ -84,7 +92,13 @@ fn driver_root(name: &str, cdi: bool) -> PathBuf {
     sh(Command::new("ldconfig").arg("-r").arg(&root));
 
     fs::create_dir_all(root.join("dev")).unwrap();
-    for n in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidia1"] {
+    for n in [
+        "nvidiactl",
+        "nvidia-uvm",
+        "nvidia-uvm-tools",
+        "nvidia0",
+        "nvidia1",
+    ] {
         char_node(&root.join("dev").join(n));
     }
     fs::create_dir_all(root.join("proc/driver/nvidia")).unwrap();
@@ -220,8 +234,14 @@ fn a_sandbox_gets_its_gpu_the_driver_libraries_and_the_environment() {
     );
     let libs = out.lines().nth(9).unwrap_or_default();
     assert!(libs.contains(&format!("libcuda.so.{VERSION}")), "{libs}");
-    assert!(!libs.contains("libnvidia-cfg"), "stale version mounted: {libs}");
-    assert!(!libs.contains("libnvidia-encode"), "video library without the capability: {libs}");
+    assert!(
+        !libs.contains("libnvidia-cfg"),
+        "stale version mounted: {libs}"
+    );
+    assert!(
+        !libs.contains("libnvidia-encode"),
+        "video library without the capability: {libs}"
+    );
     assert!(
         out.contains("LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/opt/image/lib"),
         "{out}"
@@ -231,7 +251,8 @@ fn a_sandbox_gets_its_gpu_the_driver_libraries_and_the_environment() {
     assert!(out.contains("fake nvidia-smi"), "{out}");
     assert!(out.contains("gsp_ga10x.bin"), "{out}");
     assert!(
-        run.stderr().contains(&format!("GPUs: Fake GPU B ({UUID_B})")),
+        run.stderr()
+            .contains(&format!("GPUs: Fake GPU B ({UUID_B})")),
         "{}",
         run.stderr()
     );
@@ -255,7 +276,12 @@ fn without_gpus_a_sandbox_has_no_driver() {
     let run = exec_gpus(plain_root(), None, &[], "ls /dev; /gpucheck libcuda.so.1");
     assert_eq!(run.code(), 1, "{}", run.stdout());
     assert!(!run.stdout().contains("nvidia"), "{}", run.stdout());
-    assert!(run.stdout().contains("dlopen libcuda.so.1: libcuda.so.1: cannot open"), "{}", run.stdout());
+    assert!(
+        run.stdout()
+            .contains("dlopen libcuda.so.1: libcuda.so.1: cannot open"),
+        "{}",
+        run.stdout()
+    );
 }
 
 #[test]
@@ -269,14 +295,25 @@ fn a_requested_gpu_that_is_missing_fails_and_never_runs_on_cpu() {
     assert_eq!(run.code(), 125);
     assert!(!run.stdout().contains("RAN"));
     let err = run.stderr();
-    assert!(err.contains("GPU-00000000-dead-beef-0000-000000000000 is not on this host"), "{err}");
-    assert!(err.contains(UUID_A) && err.contains(UUID_B), "names what the host has: {err}");
+    assert!(
+        err.contains("GPU-00000000-dead-beef-0000-000000000000 is not on this host"),
+        "{err}"
+    );
+    assert!(
+        err.contains(UUID_A) && err.contains(UUID_B),
+        "names what the host has: {err}"
+    );
 
     let empty = sandbox_env::user_dir("no-driver-root", 0o755);
     let run = exec_gpus(&empty, Some("all"), &[], "echo RAN");
     assert_eq!(run.code(), 125);
     assert!(!run.stdout().contains("RAN"));
-    assert!(run.stderr().contains("GPUs were requested, but no NVIDIA driver"), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("GPUs were requested, but no NVIDIA driver"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]
@@ -297,7 +334,79 @@ fn a_cdi_spec_is_read_cleaned_for_rootless_and_applied() {
     assert!(out.contains("dlopen libcuda.so.1: ok cuInit=0"), "{out}");
     assert!(out.contains("open /dev/nvidia0: ok"), "{out}");
     assert!(out.contains("FROM_CDI_SPEC=yes"), "{out}");
-    assert!(out.contains(&format!("libcuda.so.{VERSION}")), "host path kept: {out}");
+    assert!(
+        out.contains(&format!("libcuda.so.{VERSION}")),
+        "host path kept: {out}"
+    );
     let devs = out.lines().find(|l| l.contains("nvidiactl")).unwrap();
     assert!(!devs.contains("nvidia1"), "only the spec's device: {devs}");
+}
+
+/// `serve` with Codabench's USE_GPU/GPU_DEVICE and one GPU per slot: the
+/// job's program sees its slot's GPU, and the worker log names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_gives_each_slot_its_gpu_and_logs_it() {
+    let root = plain_root().display().to_string();
+    let queue = support::amqp::unique_queue("gpu-serve");
+    let serve = e2e::Serve::start_with(
+        "serve-gpu",
+        &queue,
+        &[
+            ("USE_GPU", "true"),
+            ("GPU_DEVICE", &format!("nvidia.com/gpu={UUID_B}")),
+            ("COMPUTE_WORKER_GPUS_PER_SLOT", "1"),
+            ("COMPUTE_WORKER_GPU_ROOT", &root),
+        ],
+    );
+    let site = support::site::FakeSite::start(611, 7).await;
+    let args = e2e::submission_only_args(
+        &site,
+        "gpu-submission",
+        "sh -c 'ls /dev /usr/local/nvidia/lib64 > /app/output/predictions.txt'",
+        60,
+    );
+    e2e::publish(&queue, &args);
+    let st = e2e::wait_for_status(&site, &serve, "Scoring", 90).await;
+    assert_eq!(
+        st.last().map(String::as_str),
+        Some("Scoring"),
+        "{st:?}\n{}",
+        serve.log()
+    );
+    let up = site
+        .upload("prediction_result.zip")
+        .expect("prediction uploaded");
+    let listing = e2e::zip_file(&up.body, "predictions.txt");
+    assert!(
+        listing.contains("nvidia1") && !listing.contains("nvidia0"),
+        "{listing}"
+    );
+    assert!(listing.contains("libcuda.so.1"), "{listing}");
+    let log = serve.log();
+    assert!(
+        log.contains(&format!("Fake GPU B ({UUID_B})")) && log.contains("runs with GPUs"),
+        "{log}"
+    );
+    serve.stop();
+}
+
+#[test]
+fn serve_refuses_to_start_without_the_requested_gpu() {
+    let e = env();
+    let out = e
+        .command(&["serve"])
+        .env("BROKER_URL", "pyamqp://guest:guest@127.0.0.1:1//")
+        .env("USE_GPU", "true")
+        .env("GPU_DEVICE", "GPU-00000000-dead-beef-0000-000000000000")
+        .env("COMPUTE_WORKER_GPU_ROOT", plain_root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "USE_GPU=true: GPU GPU-00000000-dead-beef-0000-000000000000 is not on this host"
+        ),
+        "{err}"
+    );
 }

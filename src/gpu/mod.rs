@@ -51,6 +51,7 @@ pub enum GpuError {
 }
 
 /// A host's GPU driver and CDI specs.
+#[derive(Debug)]
 pub struct GpuHost {
     pub root: PathBuf,
     pub inventory: Result<Inventory, NoGpus>,
