@@ -151,20 +151,19 @@ impl Registry {
         let mut spec_edits_done: Vec<&Path> = Vec::new();
         let mut libraries: Vec<PathBuf> = Vec::new();
         for name in names {
-            let (file, spec, dev) =
-                self.find(kind, name)
-                    .ok_or_else(|| GpuError::NotInCdi {
-                        name: format!("{kind}={name}"),
-                        offered: self.names(kind),
-                        problems: self.problems.clone(),
-                    })?;
+            let (file, spec, dev) = self.find(kind, name).ok_or_else(|| GpuError::NotInCdi {
+                name: format!("{kind}={name}"),
+                offered: self.names(kind),
+                problems: self.problems.clone(),
+            })?;
             // Spec-wide edits apply once, whichever of its devices is asked for.
             if !spec_edits_done.contains(&file) {
                 spec_edits_done.push(file);
                 add(&mut e, &mut libraries, file, &spec.container_edits)?;
             }
             add(&mut e, &mut libraries, file, &dev.container_edits)?;
-            e.described.push(format!("{kind}={name} (CDI spec {})", file.display()));
+            e.described
+                .push(format!("{kind}={name} (CDI spec {})", file.display()));
         }
         // SONAME names for the spec's libraries: nvidia-ctk leaves them to
         // hooks, which do not run here.
@@ -275,7 +274,10 @@ containerEdits:
 
     fn registry(text: &str) -> Registry {
         Registry {
-            specs: vec![("/etc/cdi/nvidia.yaml".into(), serde_yaml::from_str(text).unwrap())],
+            specs: vec![(
+                "/etc/cdi/nvidia.yaml".into(),
+                serde_yaml::from_str(text).unwrap(),
+            )],
             problems: vec![],
         }
     }
@@ -289,7 +291,12 @@ containerEdits:
         let devs: Vec<(String, String)> = e
             .devices
             .iter()
-            .map(|d| (d.source.display().to_string(), d.destination.display().to_string()))
+            .map(|d| {
+                (
+                    d.source.display().to_string(),
+                    d.destination.display().to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             devs,
@@ -310,12 +317,18 @@ containerEdits:
             .edits(Path::new("/"), "nvidia.com/gpu", &["3".into()])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("nvidia.com/gpu=3") && err.contains("0"), "{err}");
+        assert!(
+            err.contains("nvidia.com/gpu=3") && err.contains("0"),
+            "{err}"
+        );
         let stale = NVIDIA_CTK.replace("/dev/null", "/dev/nvidia-gone");
         let err = registry(&stale)
             .edits(Path::new("/"), "nvidia.com/gpu", &["0".into()])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/dev/nvidia-gone") && err.contains("nvidia-ctk cdi generate"), "{err}");
+        assert!(
+            err.contains("/dev/nvidia-gone") && err.contains("nvidia-ctk cdi generate"),
+            "{err}"
+        );
     }
 }

@@ -175,13 +175,14 @@ impl Driver for ProcDriver {
             for e in entries.flatten() {
                 let info = e.path().join("information");
                 let text = std::fs::read_to_string(&info).unwrap_or_default();
-                let gpu = parse_information(&text, &e.file_name().to_string_lossy())
-                    .ok_or_else(|| {
+                let gpu = parse_information(&text, &e.file_name().to_string_lossy()).ok_or_else(
+                    || {
                         NoGpus::Unusable(format!(
                             "{}: no `GPU UUID` or `Device Minor` line",
                             info.display()
                         ))
-                    })?;
+                    },
+                )?;
                 gpus.push(gpu);
             }
         }

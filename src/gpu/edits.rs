@@ -44,7 +44,8 @@ impl Edits {
                 if k == "LD_LIBRARY_PATH" {
                     merge_path(&mut run.env, k, &[v.to_string()], true);
                 } else {
-                    run.env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
+                    run.env
+                        .retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
                     run.env.push(kv.clone());
                 }
             }
@@ -117,11 +118,7 @@ fn merge_path(env: &mut Vec<String>, key: &str, parts: &[String], prepend: bool)
         all.extend(old.iter());
         all.extend(new);
     }
-    let joined = all
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(":");
+    let joined = all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(":");
     let value = format!("{prefix}{joined}");
     match pos {
         Some(i) => env[i] = value,
@@ -375,7 +372,9 @@ mod tests {
         assert!(run
             .env
             .contains(&"LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64".into()));
-        assert!(run.env.contains(&"PATH=/usr/bin:/usr/local/nvidia/bin".into()));
+        assert!(run
+            .env
+            .contains(&"PATH=/usr/bin:/usr/local/nvidia/bin".into()));
         let dests: Vec<_> = run.binds.iter().map(|b| b.destination.clone()).collect();
         for d in ["libcuda.so.1.2", "libcuda.so.1", "libcuda.so"] {
             assert!(dests.contains(&Path::new(LIB_DIR).join(d)), "{dests:?}");

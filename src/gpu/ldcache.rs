@@ -75,9 +75,10 @@ pub fn parse(data: &[u8]) -> Result<Vec<Entry>, &'static str> {
         else {
             return Err("truncated entry table");
         };
-        if let (Some(soname), Some(path)) =
-            (cstr_at(strings, key as usize), cstr_at(strings, value as usize))
-        {
+        if let (Some(soname), Some(path)) = (
+            cstr_at(strings, key as usize),
+            cstr_at(strings, value as usize),
+        ) {
             entries.push(Entry {
                 soname,
                 path: path.into(),

@@ -259,7 +259,11 @@ mod tests {
     fn a_cpu_only_host_has_no_problems() {
         let t = tempfile::tempdir().unwrap();
         let r = host_report(t.path());
-        assert!(matches!(r.driver, Err(NoGpus::NoDriver(_))), "{:?}", r.driver);
+        assert!(
+            matches!(r.driver, Err(NoGpus::NoDriver(_))),
+            "{:?}",
+            r.driver
+        );
         assert!(r.ok(), "{:?}", r.problems);
     }
 }

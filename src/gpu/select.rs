@@ -107,7 +107,11 @@ pub fn resolve(inv: &Inventory, requests: &[Request]) -> Result<Vec<Gpu>, GpuErr
 
 /// Split `gpus` between `slots` slots, `per_slot` each, pinned by UUID: slot
 /// i gets GPUs `i*per_slot ..`. Not enough GPUs is an error.
-pub fn per_slot(gpus: &[Gpu], slots: usize, per_slot: usize) -> Result<Vec<Vec<Request>>, GpuError> {
+pub fn per_slot(
+    gpus: &[Gpu],
+    slots: usize,
+    per_slot: usize,
+) -> Result<Vec<Vec<Request>>, GpuError> {
     let needed = slots * per_slot;
     if per_slot == 0 || needed > gpus.len() {
         return Err(GpuError::BadRequest(format!(
@@ -166,8 +170,13 @@ mod tests {
     #[test]
     fn a_missing_gpu_is_an_error_naming_what_the_host_has() {
         let i = inv(vec![gpu(0, 3)]);
-        let err = resolve(&i, &[Request::Uuid("GPU-nope".into())]).unwrap_err().to_string();
-        assert!(err.contains("GPU-nope") && err.contains("GPU-00000000"), "{err}");
+        let err = resolve(&i, &[Request::Uuid("GPU-nope".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GPU-nope") && err.contains("GPU-00000000"),
+            "{err}"
+        );
         assert!(resolve(&i, &[Request::Index(1)]).is_err());
         assert_eq!(resolve(&i, &[Request::Index(0)]).unwrap()[0].minor, 3);
     }
