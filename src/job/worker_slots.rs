@@ -55,6 +55,14 @@ impl SlotPlan {
             if input.gpus_per_slot > 0 {
                 anyhow::bail!("--gpus-per-slot needs USE_GPU=true");
             }
+            let host = GpuHost::open(input.gpu_root);
+            match host.inventory {
+                Ok(_) => tracing::info!(
+                    "{}; USE_GPU is not true: jobs get no GPU",
+                    gpu::summary(&host)
+                ),
+                Err(_) => tracing::info!("{}", gpu::summary(&host)),
+            }
             if input.slot_cpus.is_empty() {
                 return Ok(None);
             }
