@@ -22,7 +22,8 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   uidmap busybox-static util-linux procps time file \
   docker-registry skopeo debootstrap systemd \
-  ca-certificates pkg-config gcc libseccomp-dev >/dev/null
+  ca-certificates pkg-config gcc libseccomp-dev \
+  libc6-dev libc-bin >/dev/null  # libc6-dev: static libc.a for tests/gpu.rs; libc-bin: ldconfig
 
 echo "== Python celery (the broker tests publish with the real Celery)"
 python3 -m pip install -q --disable-pip-version-check "celery==5.6.2" "kombu==5.6.2"

@@ -102,6 +102,29 @@ pub struct ServeArgs {
     pub verify_broker_tls: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// With USE_GPU=true: give each slot its own K GPUs (by UUID) out of
+    /// GPU_DEVICE's; 0 (default): every slot gets all of them.
+    #[arg(long, default_value_t = 0, env = "COMPUTE_WORKER_GPUS_PER_SLOT")]
+    pub gpus_per_slot: usize,
+    /// A cpuset per slot, in slot order (repeatable: `--slot-cpus 0-7 --slot-cpus 8-15`).
+    #[arg(long = "slot-cpus", value_name = "CPUSET")]
+    pub slot_cpus: Vec<String>,
+    #[command(flatten)]
+    pub gpu_root: GpuRootArg,
+}
+
+/// Where GPU discovery looks for the driver (device nodes, ld.so.cache,
+/// /proc/driver/nvidia, CDI specs): `/` except in tests or on hosts that
+/// keep the driver under another root.
+#[derive(Debug, Args)]
+pub struct GpuRootArg {
+    #[arg(
+        long,
+        hide = true,
+        default_value = "/",
+        env = "COMPUTE_WORKER_GPU_ROOT"
+    )]
+    pub gpu_root: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +295,11 @@ pub struct ExecArgs {
     /// Network: none (only lo) or host.
     #[arg(long, default_value = "none")]
     pub network: Network,
+    /// GPUs: `all`, an index, `GPU-<uuid>`, `nvidia.com/gpu=NAME` (comma-separated).
+    #[arg(long, value_name = "SPEC")]
+    pub gpus: Option<String>,
+    #[command(flatten)]
+    pub gpu_root: GpuRootArg,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Wall-clock time limit, e.g. 30, 30s, 5m, 1h; the whole sandbox is killed then.

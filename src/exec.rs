@@ -102,6 +102,18 @@ pub fn run(args: ExecArgs) -> Result<i32> {
     run.hostname = args.hostname;
     run.read_only = args.read_only;
     run.keep_upper = args.keep;
+    if let Some(spec) = &args.gpus {
+        match crate::gpu::edits_for(&args.gpu_root.gpu_root, spec, &run.env) {
+            Ok(edits) => {
+                eprintln!("compute-worker exec: GPUs: {}", edits.described.join("; "));
+                edits.apply(&mut run);
+            }
+            Err(e) => {
+                eprintln!("compute-worker exec: {e}");
+                return Ok(sandbox::exit_code::SANDBOX_ERROR);
+            }
+        }
+    }
 
     let sandbox = match Sandbox::start(&cfg, &run, Output::Inherit, Output::Inherit) {
         Ok(s) => s,

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod exec;
+pub mod gpu;
 pub mod images;
 pub mod job;
 pub mod ops;

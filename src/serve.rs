@@ -19,14 +19,19 @@ use crate::site::{SiteClient, UrlRewrite};
 
 pub fn run(args: ServeArgs) -> Result<i32> {
     let codabench = Codabench::from_env()?;
-    if codabench.use_gpu {
-        tracing::warn!("USE_GPU=true: GPU injection is not implemented yet; jobs run on CPU");
-    }
     let broker = codabench.broker(args.verify_broker_tls)?;
 
     let limits = args.limits.limits();
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
     let store = crate::images::open_store(&args.images, &sandbox)?;
+    let slots = crate::job::worker_slots::SlotPlan::new(crate::job::worker_slots::PlanInput {
+        slots: args.slots,
+        use_gpu: codabench.use_gpu,
+        gpu_device: codabench.gpu_device.as_deref(),
+        gpus_per_slot: args.gpus_per_slot,
+        slot_cpus: &args.slot_cpus,
+        gpu_root: &args.gpu_root.gpu_root,
+    })?;
     let host_dir = codabench.host_directory.clone();
     let settings = Settings {
         work_dir: host_dir.clone(),
@@ -36,6 +41,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         https_proxy: codabench.https_proxy.clone(),
         keep_job_dir: codabench.keep_job_dirs,
         limits,
+        slots,
         ..Settings::default()
     };
     let rewrite = codabench.bundle_url_rewrite.clone();

@@ -186,6 +186,8 @@ pub struct Settings {
     /// Size cap of each uploaded stdout/stderr.
     pub log_cap: usize,
     pub detailed_results_interval: Duration,
+    /// Per-slot GPUs and cpusets (`serve` with USE_GPU or --slot-cpus).
+    pub slots: Option<Arc<super::worker_slots::SlotPlan>>,
 }
 
 impl Default for Settings {
@@ -201,6 +203,7 @@ impl Default for Settings {
             limits: Limits::default(),
             log_cap: 50 << 20,
             detailed_results_interval: Duration::from_secs(5),
+            slots: None,
         }
     }
 }
@@ -429,9 +432,26 @@ async fn steps<R: Reporter>(
     let deadline = layout::run_deadline(now, step.execution_time_limit, soft_deadline);
     let soft_limit_first = soft_deadline.is_some() && deadline == soft_deadline;
     let output = root.join("output");
+    // Held until the step ends: the slot's GPUs and cpuset are this job's.
+    let lease = match &s.slots {
+        Some(plan) => Some(
+            plan.lease()
+                .ok_or("the worker has no free slot for this job (more jobs than --slots)")?,
+        ),
+        None => None,
+    };
     let mut runs = Vec::new();
     for kind in [ProgramKind::Program, ProgramKind::Ingestion] {
-        if let Some(spec) = program_spec(w, step, root, kind, &image)? {
+        if let Some(mut spec) = program_spec(w, step, root, kind, &image)? {
+            if let Some(lease) = &lease {
+                let name = kind_name(kind, step.is_scoring);
+                let gpus = lease
+                    .apply(&mut spec)
+                    .map_err(|e| format!("The {name} cannot get its GPUs: {e}"))?;
+                if !gpus.is_empty() {
+                    tracing::info!(slot = lease.index, gpus = %gpus.join("; "), "the {name} runs with GPUs");
+                }
+            }
             runs.push((kind, spec));
         }
     }

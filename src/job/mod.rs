@@ -19,3 +19,4 @@ pub mod local;
 pub mod program;
 pub mod remote;
 pub mod results;
+pub mod worker_slots;

@@ -37,6 +37,8 @@ pub struct DoctorArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub gpu_root: crate::cli::GpuRootArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -194,7 +196,8 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
         rt.block_on(broker(&codabench, args.verify_broker_tls))
     }));
     out.push(rt.block_on(registry(args.image.as_deref())));
-    out.extend(gpu_rows());
+    let use_gpu = codabench.as_ref().is_ok_and(|c| c.use_gpu);
+    out.extend(gpu_rows(&args.gpu_root.gpu_root, use_gpu));
     out
 }
 
@@ -676,32 +679,59 @@ async fn registry(image: Option<&str>) -> Check {
     }
 }
 
-// ---- GPU rows -------------------------------------------------------------
-// The single place for GPU checks. Once src/gpu lands, replace the body
-// with rows built from `crate::gpu::host_report()` (what the running binary
-// can see: driver, devices, NVML, libraries).
-fn gpu_rows() -> Vec<Check> {
-    const NAME: &str = "gpu";
-    let ctl = Path::new("/dev/nvidiactl").exists();
-    let version = fs::read_to_string("/proc/driver/nvidia/version").ok();
-    let wanted = std::env::var("USE_GPU").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    let driver = version
-        .as_deref()
-        .and_then(|v| v.lines().next())
-        .map(|l| l.trim().to_string());
-    vec![match (ctl, driver) {
-        (true, Some(d)) => Check::ok(NAME, format!("/dev/nvidiactl present; {d}")),
-        (false, None) if !wanted => Check::skip(NAME, "no NVIDIA driver (CPU jobs only)"),
-        (ctl, d) => Check::warn(
-            NAME,
-            format!(
-                "/dev/nvidiactl {}, /proc/driver/nvidia/version {}{}",
-                if ctl { "present" } else { "missing" },
-                if d.is_some() { "present" } else { "missing" },
-                if wanted { " (USE_GPU=true)" } else { "" }
-            ),
-            "install the NVIDIA driver and load its modules (`nvidia-smi` must work), or unset USE_GPU",
+/// The driver, its GPUs and the device nodes (`gpu::host_report`). A
+/// problem fails the check when jobs want GPUs (`USE_GPU=true`) and only
+/// warns otherwise.
+fn gpu_rows(root: &Path, wanted: bool) -> Vec<Check> {
+    use crate::gpu::discovery::NoGpus;
+    let report = crate::gpu::host_report(root);
+    let problem = |name: &'static str, detail: String, fix: String| {
+        if wanted {
+            Check::fail(name, detail, fix)
+        } else {
+            Check::warn(name, detail, fix)
+        }
+    };
+    let driver = match &report.driver {
+        Ok(inv) => {
+            let gpus: Vec<String> = inv.gpus.iter().map(|g| g.describe()).collect();
+            Check::ok(
+                "gpu driver",
+                format!(
+                    "NVIDIA {}{}: {}",
+                    inv.driver_version,
+                    inv.cuda_version
+                        .as_deref()
+                        .map(|c| format!(", CUDA {c}"))
+                        .unwrap_or_default(),
+                    gpus.join("; ")
+                ),
+            )
+        }
+        Err(e @ NoGpus::NoDriver(_)) if !wanted => {
+            Check::skip("gpu driver", format!("{e} (CPU jobs only)"))
+        }
+        Err(e) => problem(
+            "gpu driver",
+            e.to_string(),
+            "install the NVIDIA driver and load its modules until `nvidia-smi` works, or unset USE_GPU".into(),
         ),
-    }]
+    };
+    let mut rows = vec![driver];
+    if report.driver.is_ok() {
+        rows.push(if report.ok() {
+            Check::ok(
+                "gpu devices",
+                format!("{} device nodes usable read-write", report.nodes.len()),
+            )
+        } else {
+            problem(
+                "gpu devices",
+                format!("{} problem(s)", report.problems.len()),
+                report.problems.join("; "),
+            )
+        });
+    }
+    rows
 }
 // ---------------------------------------------------------------------------

@@ -114,7 +114,7 @@ fn run_helper() -> Result<()> {
                     let keeper = Keeper {
                         control,
                         reader,
-                        run,
+                        run: *run,
                         id,
                         rundir,
                         cgroup,

@@ -353,7 +353,7 @@ impl Sandbox {
         let stdout_fd = out_w.map_or_else(|| dup_high(1), Ok)?;
         let stderr_fd = err_w.map_or_else(|| dup_high(2), Ok)?;
         let task = Task::Run {
-            run: run.clone(),
+            run: Box::new(run.clone()),
             id: rundir.id.clone(),
             rundir: rundir.path.clone(),
             cgroup: cfg.cgroup.clone(),

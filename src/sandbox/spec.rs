@@ -148,6 +148,16 @@ fn mounts(run: &RunSpec) -> Vec<Value> {
             "options": ["rbind", "rprivate", "nosuid", "nodev", if b.read_only { "ro" } else { "rw" }],
         }));
     }
+    // After /dev: a device node keeps working through a bind mount (its
+    // superblock is the host's devtmpfs), but not with `nodev`.
+    for d in &run.devices {
+        m.push(json!({
+            "destination": d.destination,
+            "type": "bind",
+            "source": d.source,
+            "options": ["bind", "rprivate", "nosuid", "noexec", "rw"],
+        }));
+    }
     m
 }
 
@@ -186,6 +196,30 @@ mod tests {
             .find(|m| m.destination() == Path::new("/app/data"))
             .unwrap();
         assert!(data.options().as_ref().unwrap().contains(&"ro".to_string()));
+    }
+
+    #[test]
+    fn device_binds_are_read_write_without_nodev() {
+        let mut run = RunSpec::new("/img", vec!["true".into()]);
+        run.devices.push(Bind {
+            source: "/dev/null".into(),
+            destination: "/dev/nvidia0".into(),
+            read_only: false,
+        });
+        let v = build(&run, Path::new("/r"), None, 1024);
+        let m = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/nvidia0")
+            .unwrap();
+        let opts: Vec<&str> = m["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(opts.contains(&"rw") && !opts.contains(&"nodev"), "{opts:?}");
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub struct RunSpec {
     pub uid: u32,
     pub gid: u32,
     pub binds: Vec<Bind>,
+    /// Host device nodes bound read-write, without `nodev` (GPUs): a
+    /// rootless sandbox cannot create device nodes, only bind them.
+    #[serde(default)]
+    pub devices: Vec<Bind>,
     pub network: Network,
     pub limits: Limits,
     pub timeout: Option<Duration>,
@@ -111,6 +115,7 @@ impl RunSpec {
             uid: 0,
             gid: 0,
             binds: Vec::new(),
+            devices: Vec::new(),
             network: Network::None,
             limits: Limits::default(),
             timeout: None,

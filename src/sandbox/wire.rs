@@ -22,7 +22,7 @@ pub mod fds {
 pub enum Task {
     /// Run a program in a sandbox.
     Run {
-        run: RunSpec,
+        run: Box<RunSpec>,
         id: String,
         rundir: PathBuf,
         cgroup: Option<Delegation>,
