@@ -280,20 +280,8 @@ async fn sigterm_drains_then_gives_the_job_back_to_another_worker() {
     first.wait_for_process("sleep 4.321").await;
     // SIGTERM: the job may run for the 1 s drain, then it is killed and
     // its task goes back to the queue; the worker exits cleanly.
-    let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = first.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "serve did not stop:\n{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    first.sigterm();
+    let status = first.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", first.log());
     assert!(
         host_processes("sleep 4.321").is_empty(),
@@ -447,4 +435,40 @@ async fn status_patches_the_site_refuses_are_survived_and_retried() {
         .collect();
     assert_eq!(rejected, ["Running", "Scoring", "Scoring"]);
     serve.stop();
+}
+
+/// SIGTERM lets a running job finish (it is reported, not given back),
+/// and a second SIGTERM stops the worker at once, whatever the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_job_finishes_and_a_second_sigterm_is_immediate() {
+    let queue = unique_queue("e2e-drain");
+    let mut serve = Serve::start("serve-drain", &queue);
+    let site = FakeSite::start(509, 7).await;
+    let args = submission_only_args(
+        &site,
+        "drain-submission",
+        "sh -c 'sleep 2.345; echo odd > /app/output/predictions.txt'",
+        60,
+    );
+    publish(&queue, &args);
+    serve.wait_for_process("sleep 2.345").await;
+    serve.sigterm();
+    let status = serve.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    let st = site.statuses();
+    assert_eq!(st.last().map(String::as_str), Some("Scoring"), "{st:?}");
+
+    // The default drain is 5 minutes; the second signal does not wait.
+    let mut serve = Serve::start("serve-drain-twice", &queue);
+    let site = FakeSite::start(510, 7).await;
+    let args = submission_only_args(&site, "drain-twice", "sleep 4.567", 600);
+    publish(&queue, &args);
+    serve.wait_for_process("sleep 4.567").await;
+    serve.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    serve.sigterm();
+    let status = serve.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    assert!(host_processes("sleep 4.567").is_empty());
+    assert!(!site.statuses().contains(&"Failed".to_string()));
 }

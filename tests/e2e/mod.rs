@@ -96,13 +96,26 @@ impl Serve {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) {
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "{status:?}\n{}", self.log());
+    }
+
+    pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+    }
+
+    /// The worker's exit status, failing with its log after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let t = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            if t.elapsed() > Duration::from_secs(30) {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if t.elapsed() > limit {
                 let _ = self.child.kill();
-                panic!("serve did not stop on SIGTERM:\n{}", self.log());
+                panic!("serve did not stop within {limit:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
