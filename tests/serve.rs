@@ -472,3 +472,31 @@ async fn a_drained_job_finishes_and_a_second_sigterm_is_immediate() {
     assert!(host_processes("sleep 4.567").is_empty());
     assert!(!site.statuses().contains(&"Failed".to_string()));
 }
+
+/// `--log-format json`: one JSON object a line, and a job's lines carry
+/// its span with the submission id (what a log shipper filters on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_submission_in_the_job_span() {
+    let queue = unique_queue("e2e-jsonlog");
+    let serve = Serve::start_with(
+        "serve-jsonlog",
+        &queue,
+        &[("COMPUTE_WORKER_LOG_FORMAT", "json")],
+    );
+    let site = FakeSite::start(511, 7).await;
+    let args = submission_only_args(&site, "jsonlog-submission", "echo ok", 60);
+    publish(&queue, &args);
+    wait_for_status(&site, &serve, "Scoring", 60).await;
+    let log = serve.log();
+    serve.stop();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "job done" && l["span"]["name"] == "job")
+        .unwrap_or_else(|| panic!("no job span line in\n{log}"));
+    assert_eq!(done["span"]["submission"], 511, "{done}");
+    assert_eq!(done["span"]["scoring"], false, "{done}");
+}
