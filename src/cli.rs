@@ -170,6 +170,12 @@ pub struct LocalRunArgs {
     /// Keep each step's job directory (as CODALAB_IGNORE_CLEANUP_STEP).
     #[arg(long)]
     pub keep_job_dirs: bool,
+    /// GPUs for both programs: all, an index, GPU-<uuid>, nvidia.com/gpu=NAME
+    /// (comma-separated), as `exec --gpus` and Codabench's GPU_DEVICE.
+    #[arg(long, value_name = "SPEC")]
+    pub gpus: Option<String>,
+    #[command(flatten)]
+    pub gpu_root: GpuRootArg,
 }
 
 /// Where images are cached.

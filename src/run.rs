@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::LocalRunArgs;
 use crate::job::lifecycle::{self, Ending, Images, Settings, Slot, Step, Uploads, Worker};
 use crate::job::local::LocalReporter;
+use crate::job::worker_slots::{PlanInput, SlotPlan};
 use crate::sandbox::Network;
 
 /// The demo competition, compiled into the binary.
@@ -135,6 +136,14 @@ pub fn run(args: LocalRunArgs) -> Result<i32> {
             network: args.network == Network::Host,
             keep_job_dir: args.keep_job_dirs,
             limits,
+            slots: SlotPlan::new(PlanInput {
+                slots: 1,
+                use_gpu: args.gpus.is_some(),
+                gpu_device: args.gpus.as_deref(),
+                gpus_per_slot: 0,
+                slot_cpus: &[],
+                gpu_root: &args.gpu_root.gpu_root,
+            })?,
             ..Settings::default()
         },
     };

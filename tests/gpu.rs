@@ -458,3 +458,45 @@ fn doctor_shows_the_driver_the_gpus_and_what_to_fix() {
     let (_, devices) = doctor("true");
     assert_eq!(devices["status"], "fail", "{devices}");
 }
+
+/// `run --gpus`: a local job's programs get the GPU too.
+#[test]
+fn a_local_run_gets_its_gpu() {
+    let e = env();
+    let sub = sandbox_env::user_dir("gpu-run-submission", 0o755);
+    fs::write(
+        sub.join("metadata"),
+        "command: sh -c 'ls /dev/nvidia*; echo LD=$LD_LIBRARY_PATH'\n",
+    )
+    .unwrap();
+    let results = sandbox_env::user_dir("gpu-run-results", 0o755);
+    let mut cmd = e.command(&[
+        "run",
+        "--rootfs",
+        e.rootfs.to_str().unwrap(),
+        "--submission",
+        sub.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--gpus",
+        UUID_B,
+    ]);
+    cmd.env("COMPUTE_WORKER_GPU_ROOT", plain_root());
+    let out = Run(cmd.output().unwrap());
+    out.ok();
+    // `run` shows the programs' output, prefixed, as it runs.
+    let shown = out.stderr();
+    assert!(
+        shown.contains("[prediction program] /dev/nvidia1"),
+        "{shown}"
+    );
+    assert!(!shown.contains("/dev/nvidia0"), "{shown}");
+    assert!(
+        shown.contains("[prediction program] LD=/usr/local/nvidia/lib64"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("runs with GPUs") && shown.contains("Fake GPU B"),
+        "{shown}"
+    );
+}
