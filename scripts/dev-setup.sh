@@ -5,7 +5,8 @@
 #  - system packages the build and the tests need;
 #  - an unprivileged test user with subordinate uid/gid ranges;
 #  - a cgroup subtree delegated to that user (the sandbox limit tests);
-#  - RabbitMQ started if it is installed but not running.
+#  - RabbitMQ started if it is installed but not running, with a TLS
+#    listener on 127.0.0.1:5671 (self-signed test CA) beside plain 5672.
 set -euo pipefail
 
 TEST_USER=${COMPUTE_WORKER_TEST_USER:-cwtest}
@@ -22,7 +23,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   uidmap busybox-static util-linux procps time file \
   docker-registry skopeo debootstrap systemd \
-  ca-certificates pkg-config gcc libseccomp-dev \
+  ca-certificates openssl pkg-config gcc libseccomp-dev \
   libc6-dev libc-bin >/dev/null  # libc6-dev: static libc.a for tests/gpu.rs; libc-bin: ldconfig
 
 echo "== Python celery (the broker tests publish with the real Celery)"
@@ -70,9 +71,73 @@ echo "== RabbitMQ (the broker and serve tests use it; it may be installed but st
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
 fi
+# Until the node has booted (right after `rabbitmq-server -detached` it is
+# not even known to epmd, and await_startup fails at once).
+wait_rabbitmq() {
+  for _ in $(seq 120); do
+    rabbitmqctl await_startup >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  rabbitmqctl await_startup
+}
 if ! rabbitmqctl status >/dev/null 2>&1; then
   rabbitmq-server -detached
 fi
-timeout 120 rabbitmqctl await_startup >/dev/null
+wait_rabbitmq
 echo "RabbitMQ is up"
+
+echo "== RabbitMQ TLS listener on 127.0.0.1:5671 (the broker TLS tests use it)"
+# A test CA and a server certificate for localhost / 127.0.0.1 that it
+# signed. The tests trust ca.pem to check verification; the CA key is not
+# kept. Remade when missing or expiring within a day.
+TLS_DIR=/etc/rabbitmq/tls
+mkdir -p "$TLS_DIR"
+if ! openssl x509 -checkend 86400 -noout -in "$TLS_DIR/server.pem" >/dev/null 2>&1 \
+  || ! openssl verify -CAfile "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem" >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=compute-worker test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" > "$tmp/ext"
+  openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$tmp/ext" -out "$tmp/server.pem" 2>/dev/null
+  install -m 0644 "$tmp/ca.pem" "$tmp/server.pem" "$TLS_DIR/"
+  install -m 0640 -g rabbitmq "$tmp/server.key" "$TLS_DIR/"
+  rm -rf "$tmp"
+fi
+# Our settings live between markers in rabbitmq.conf (every RabbitMQ since
+# 3.7 reads it; conf.d/ is not in all of them); the rest is left alone.
+CONF=/etc/rabbitmq/rabbitmq.conf
+BEGIN="# BEGIN compute-worker dev-setup: TLS listener"
+END="# END compute-worker dev-setup"
+touch "$CONF"
+want=$(mktemp)
+sed "/^$BEGIN\$/,/^$END\$/d" "$CONF" > "$want"
+cat >> "$want" <<TLSCONF
+$BEGIN
+listeners.ssl.local = 127.0.0.1:5671
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+$END
+TLSCONF
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! cmp -s "$want" "$CONF" || ! port_open 5671; then
+  cat "$want" > "$CONF"
+  echo "restarting RabbitMQ for the TLS listener"
+  rabbitmqctl stop >/dev/null
+  rabbitmq-server -detached
+  wait_rabbitmq
+fi
+rm -f "$want"
+for port in 5672 5671; do
+  for _ in $(seq 60); do port_open "$port" && break; sleep 1; done
+  port_open "$port" || { echo "RabbitMQ does not listen on 127.0.0.1:$port" >&2; exit 1; }
+done
+echo "RabbitMQ listens on 5672 and (TLS) 5671"
 echo "== done"

@@ -100,6 +100,11 @@ pub struct ServeArgs {
     /// Verify the broker's TLS certificate (Codabench's worker does not).
     #[arg(long, env = "COMPUTE_WORKER_VERIFY_BROKER_TLS")]
     pub verify_broker_tls: bool,
+    /// PEM file of the CA that signed the broker's certificate (a private
+    /// CA): the certificate is verified against it instead of the system's
+    /// roots (implies --verify-broker-tls).
+    #[arg(long, env = "COMPUTE_WORKER_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// With USE_GPU=true: give each slot its own K GPUs (by UUID) out of

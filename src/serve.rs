@@ -19,7 +19,7 @@ use crate::site::{SiteClient, UrlRewrite};
 
 pub fn run(args: ServeArgs) -> Result<i32> {
     let codabench = Codabench::from_env()?;
-    let broker = codabench.broker(args.verify_broker_tls)?;
+    let broker = codabench.broker(args.verify_broker_tls || args.broker_ca_file.is_some())?;
 
     let limits = args.limits.limits();
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
@@ -61,6 +61,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     });
 
     let mut cfg = ConsumerConfig::new(broker);
+    cfg.tls_ca_file = args.broker_ca_file.clone();
     cfg.slots = args.slots.max(1);
     // Which process a connection belongs to, as RabbitMQ's tools show it.
     cfg.connection_name = format!("{}:{}", cfg.connection_name, std::process::id());

@@ -406,3 +406,47 @@ async fn live_log_to_an_unreachable_site_does_not_hang_the_job() {
         .await
         .expect("close must give up");
 }
+
+/// What the viewer gets when the site is away while lines are printed:
+/// once it is back, the newest lines the bound kept, after a marker saying
+/// how many older ones were dropped.
+#[tokio::test]
+async fn lines_sent_while_the_site_is_away_arrive_when_it_is_back_within_the_bound() {
+    for (buffer, buffer_bytes) in [(5, 1 << 20), (1000, 5 * 40)] {
+        let (site, _c) = setup().await;
+        site.refuse_websocket(2);
+        let cfg = LiveConfig {
+            buffer,
+            buffer_bytes,
+            reconnect_min: Duration::from_millis(50),
+            ..LiveConfig::default()
+        };
+        let log = LiveLog::start(
+            live_url(&site.api_url(), 7, 1234, SECRET, LiveKind::Program).unwrap(),
+            LiveKind::Program,
+            cfg,
+        );
+        for i in 10..30 {
+            log.send(&format!("line {i}"));
+        }
+        assert_eq!(log.dropped(), 15, "buffer {buffer}, {buffer_bytes} bytes");
+        log.close().await;
+        let messages: Vec<String> = site
+            .ws_frames()
+            .iter()
+            .map(|f| f.frame["message"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "[compute-worker] 15 log messages were dropped here because the site was not keeping up",
+                "line 25",
+                "line 26",
+                "line 27",
+                "line 28",
+                "line 29"
+            ]
+        );
+        assert_eq!(site.ws_connections(), 1);
+    }
+}

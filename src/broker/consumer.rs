@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +74,9 @@ pub struct ConsumerConfig {
     pub reconnect_max: Duration,
     /// Client-provided connection name shown by RabbitMQ.
     pub connection_name: String,
+    /// With [`TlsMode::Verify`]: trust only the CA certificates in this PEM
+    /// file (a private CA) instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl ConsumerConfig {
@@ -89,6 +93,7 @@ impl ConsumerConfig {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
             connection_name: format!("compute-worker@{host}"),
+            tls_ca_file: None,
         }
     }
 }
@@ -169,7 +174,7 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
-    #[error("TLS setup for {broker} failed: {reason}")]
+    #[error("TLS to {broker} failed: {reason}")]
     Tls { broker: String, reason: String },
     #[error("connection to {0} was lost")]
     ConnectionLost(String),
@@ -787,10 +792,13 @@ pub async fn connect(cfg: &ConsumerConfig) -> Result<Connection, BrokerError> {
     let result = match b.tls {
         TlsMode::Off => Connection::connect_uri(uri, props).await,
         mode => {
-            let connector = tls_connector(mode).map_err(|reason| BrokerError::Tls {
-                broker: broker.clone(),
-                reason,
-            })?;
+            let connector =
+                super::tls::connector(mode, cfg.tls_ca_file.as_deref()).map_err(|reason| {
+                    BrokerError::Tls {
+                        broker: broker.clone(),
+                        reason,
+                    }
+                })?;
             let host = b.host.clone();
             let connect = move |uri: &AMQPUri| {
                 use lapin::tcp::AMQPUriTcpExt;
@@ -800,77 +808,12 @@ pub async fn connect(cfg: &ConsumerConfig) -> Result<Connection, BrokerError> {
             Connection::connector(uri, Box::new(connect), props).await
         }
     };
-    result.map_err(|source| BrokerError::Amqp { broker, source })
-}
-
-fn tls_connector(mode: TlsMode) -> Result<lapin::tcp::RustlsConnector, String> {
-    match mode {
-        TlsMode::Verify => lapin::tcp::RustlsConnectorConfig::new_with_native_certs()
-            .map(|c| c.connector_with_no_client_auth())
-            .map_err(|e| format!("cannot load the system's root certificates: {e}")),
-        _ => {
-            let provider = rustls::crypto::CryptoProvider::get_default()
-                .cloned()
-                .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth();
-            Ok(config.into())
-        }
-    }
-}
-
-/// Accepts any server certificate (the Python worker's `CERT_NONE`), but
-/// still checks handshake signatures so the session keys are sound.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    result.map_err(
+        |source| match super::tls::verification_failure(b.tls, &source) {
+            Some(reason) => BrokerError::Tls { broker, reason },
+            None => BrokerError::Amqp { broker, source },
+        },
+    )
 }
 
 #[cfg(test)]

@@ -94,9 +94,9 @@ impl SiteReporter {
             .lock()
             .map(|mut m| m.drain().map(|(_, l)| l).collect())
             .unwrap_or_default();
-        for l in logs {
-            l.close().await;
-        }
+        // At the same time: a site that is away costs one flush timeout,
+        // not one per channel.
+        futures_util::future::join_all(logs.into_iter().map(LiveLog::close)).await;
     }
 }
 

@@ -32,8 +32,11 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// Verify the broker's TLS certificate (as `serve --verify-broker-tls`).
-    #[arg(long)]
+    #[arg(long, env = "COMPUTE_WORKER_VERIFY_BROKER_TLS")]
     pub verify_broker_tls: bool,
+    /// The broker's private CA (as `serve --broker-ca-file`).
+    #[arg(long, env = "COMPUTE_WORKER_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -193,7 +196,11 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
     // lapin logs a refused login as errors of its own; the row says it.
     let quiet = tracing::Dispatch::none();
     out.push(tracing::dispatcher::with_default(&quiet, || {
-        rt.block_on(broker(&codabench, args.verify_broker_tls))
+        rt.block_on(broker(
+            &codabench,
+            args.verify_broker_tls,
+            args.broker_ca_file.clone(),
+        ))
     }));
     out.push(rt.block_on(registry(args.image.as_deref())));
     let use_gpu = codabench.as_ref().is_ok_and(|c| c.use_gpu);
@@ -557,7 +564,11 @@ fn systemd_delegation(h: &Host) -> Check {
 
 /// A real AMQP connection with `BROKER_URL` / `BROKER_USE_SSL`, as `serve`
 /// makes it.
-async fn broker(codabench: &anyhow::Result<Codabench>, verify_tls: bool) -> Check {
+async fn broker(
+    codabench: &anyhow::Result<Codabench>,
+    verify_tls: bool,
+    ca_file: Option<std::path::PathBuf>,
+) -> Check {
     const NAME: &str = "broker";
     let set_url = "set BROKER_URL=pyamqp://USER:PASSWORD@HOST:5672/VHOST in the environment, in .env (`--env-file`) or as broker_url in the config file; Codabench shows it on the queue's page";
     let codabench = match codabench {
@@ -567,12 +578,14 @@ async fn broker(codabench: &anyhow::Result<Codabench>, verify_tls: bool) -> Chec
     let Some(raw) = &codabench.broker_url else {
         return Check::fail(NAME, "BROKER_URL is not set", set_url);
     };
+    let verify_tls = verify_tls || ca_file.is_some();
     let url = match BrokerUrl::parse(raw, codabench.broker_use_ssl, verify_tls) {
         Ok(u) => u,
         Err(e) => return Check::fail(NAME, e.to_string(), set_url),
     };
     let mut cfg = ConsumerConfig::new(url.clone());
     cfg.connection_name = format!("compute-worker-doctor:{}", std::process::id());
+    cfg.tls_ca_file = ca_file;
     let connect = crate::broker::consumer::connect(&cfg);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok(conn)) => {
@@ -604,6 +617,10 @@ fn broker_fix(error: &str, url: &BrokerUrl) -> String {
             "the virtual host `{}` does not exist or `{}` may not use it: check the path part of BROKER_URL",
             url.vhost, url.username
         )
+    } else if e.contains("certificate verification failed") {
+        "give the CA that signed the broker's certificate with --broker-ca-file (COMPUTE_WORKER_BROKER_CA_FILE), or drop --verify-broker-tls (Codabench's worker does not verify)".to_string()
+    } else if e.contains("broker ca file") {
+        "--broker-ca-file (COMPUTE_WORKER_BROKER_CA_FILE) must be a readable PEM file with the certificate of the CA that signed the broker's".to_string()
     } else if e.contains("tls") || e.contains("certificate") || e.contains("handshake") {
         "TLS failed: check BROKER_USE_SSL (codabench.org needs it set) and the port".to_string()
     } else {

@@ -12,15 +12,25 @@
 //! | `ErrorLogs` | `error_logs` | `{"kind": "stderr", "message": text}` |
 //!
 //! A [`LiveLog`] never blocks the job: [`LiveLog::send`] only queues. A
-//! background task connects (and reconnects with backoff), sends queued
-//! frames in order, and when the queue is full drops the oldest frames,
-//! telling the viewer how many were dropped in a marker frame.
+//! background task connects (and reconnects with backoff) and sends queued
+//! frames in order.
+//!
+//! No line is lost when the connection blips: frames written to a socket
+//! the site has already dropped vanish without an error, so a sent frame
+//! is kept until the site confirms it. After sending, the task pings; the
+//! site's pong (which a WebSocket server sends after reading everything
+//! before the ping) confirms every frame sent before it. When the
+//! connection breaks, unconfirmed frames are sent again first on the next
+//! connection: the viewer may see a line twice around a blip, never a gap.
+//! Kept frames (queued or unconfirmed) are bounded in number and bytes;
+//! past the bound the oldest are dropped and the viewer is told how many
+//! in a marker frame.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -83,8 +93,11 @@ pub fn live_url(
 /// Tuning for a [`LiveLog`].
 #[derive(Debug, Clone, Copy)]
 pub struct LiveConfig {
-    /// Frames kept while the site is slow or unreachable.
+    /// Frames kept while the site is slow or unreachable, the sent but
+    /// unconfirmed ones included.
     pub buffer: usize,
+    /// Bytes those frames may hold (a line can be up to 64 KiB).
+    pub buffer_bytes: usize,
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -96,6 +109,7 @@ impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             buffer: 10_000,
+            buffer_bytes: 4 << 20,
             connect_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
@@ -104,11 +118,55 @@ impl Default for LiveConfig {
     }
 }
 
+/// Ask the site to confirm at least every this many frames.
+const PING_EVERY: u64 = 100;
+
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<String>,
+    /// Sent on the current connection, not confirmed yet: (send number,
+    /// frame), oldest first.
+    unconfirmed: VecDeque<(u64, String)>,
+    /// Not sent yet.
+    pending: VecDeque<String>,
+    /// Bytes of both.
+    bytes: usize,
+    /// Frames dropped unsent because the bound was reached.
     dropped: u64,
     closed: bool,
+}
+
+impl Queue {
+    /// Make room for one more frame of `len` bytes: forget the oldest
+    /// unconfirmed frames first (they were sent), then drop the oldest
+    /// pending ones.
+    fn make_room(&mut self, frames: usize, bytes: usize, len: usize) {
+        while self.unconfirmed.len() + self.pending.len() >= frames || self.bytes + len > bytes {
+            if let Some((_, f)) = self.unconfirmed.pop_front() {
+                self.bytes -= f.len();
+            } else if let Some(f) = self.pending.pop_front() {
+                self.bytes -= f.len();
+                self.dropped += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The site confirmed every frame up to send number `upto`.
+    fn confirm(&mut self, upto: u64) {
+        while self.unconfirmed.front().is_some_and(|(n, _)| *n <= upto) {
+            if let Some((_, f)) = self.unconfirmed.pop_front() {
+                self.bytes -= f.len();
+            }
+        }
+    }
+
+    /// The connection broke: what it did not confirm goes out again first.
+    fn requeue_unconfirmed(&mut self) {
+        while let Some((_, f)) = self.unconfirmed.pop_back() {
+            self.pending.push_front(f);
+        }
+    }
 }
 
 struct Shared {
@@ -116,6 +174,7 @@ struct Shared {
     wake: Notify,
     kind: LiveKind,
     buffer: usize,
+    buffer_bytes: usize,
 }
 
 /// One live channel to the site.
@@ -133,6 +192,7 @@ impl LiveLog {
             wake: Notify::new(),
             kind,
             buffer: cfg.buffer.max(1),
+            buffer_bytes: cfg.buffer_bytes,
         });
         let task = tokio::spawn(pump(url, shared.clone(), cfg));
         LiveLog {
@@ -156,16 +216,14 @@ impl LiveLog {
     fn push(&self, text: String) {
         {
             let mut q = self.shared.queue.lock().unwrap();
-            if q.frames.len() >= self.shared.buffer {
-                q.frames.pop_front();
-                q.dropped += 1;
-            }
-            q.frames.push_back(text);
+            q.make_room(self.shared.buffer, self.shared.buffer_bytes, text.len());
+            q.bytes += text.len();
+            q.pending.push_back(text);
         }
         self.shared.wake.notify_one();
     }
 
-    /// Frames dropped so far because the site was too slow.
+    /// Frames dropped so far because the site was too slow or away.
     pub fn dropped(&self) -> u64 {
         self.shared.queue.lock().unwrap().dropped
     }
@@ -192,16 +250,29 @@ fn dropped_marker(kind: LiveKind, n: u64) -> String {
     .to_string()
 }
 
+/// What the pump remembers across connections.
+struct Progress {
+    /// Frames sent so far (numbers the pings).
+    sent: u64,
+    /// Drops already announced to the viewer.
+    announced: u64,
+}
+
 async fn pump(url: String, shared: Arc<Shared>, cfg: LiveConfig) {
     let mut delay = cfg.reconnect_min;
     let shown = super::redact_secret_path(&url);
-    // Drops already counted, and drops not yet announced to the viewer.
-    let mut counted = 0u64;
-    let mut unannounced = 0u64;
-    'connect: loop {
+    let mut progress = Progress {
+        sent: 0,
+        announced: 0,
+    };
+    loop {
         {
             let q = shared.queue.lock().unwrap();
-            if q.closed && q.frames.is_empty() && q.dropped == counted && unannounced == 0 {
+            if q.closed
+                && q.pending.is_empty()
+                && q.unconfirmed.is_empty()
+                && q.dropped == progress.announced
+            {
                 return;
             }
         }
@@ -210,67 +281,125 @@ async fn pump(url: String, shared: Arc<Shared>, cfg: LiveConfig) {
             tokio_tungstenite::connect_async(url.as_str()),
         )
         .await;
-        let mut ws = match conn {
+        let confirmed = match conn {
             Ok(Ok((ws, _))) => {
                 debug!("live log connected to {shown}");
-                delay = cfg.reconnect_min;
-                ws
-            }
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_string(),
-                };
-                if shared.queue.lock().unwrap().closed {
-                    warn!("live log: cannot connect to {shown} ({why}); dropping the rest");
-                    return;
-                }
-                warn!("live log: cannot connect to {shown} ({why}); retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(cfg.reconnect_max);
-                continue;
-            }
-        };
-        loop {
-            let (frame, closed) = {
-                let mut q = shared.queue.lock().unwrap();
-                unannounced += q.dropped - counted;
-                counted = q.dropped;
-                let frame = if unannounced > 0 {
-                    None
-                } else {
-                    q.frames.pop_front()
-                };
-                (frame, q.closed)
-            };
-            if unannounced > 0 {
-                let marker = dropped_marker(shared.kind, unannounced);
-                if let Err(e) = ws.send(Message::text(marker)).await {
-                    warn!("live log to {shown} broke: {e}; reconnecting");
-                    continue 'connect;
-                }
-                unannounced = 0;
-                continue;
-            }
-            match frame {
-                Some(text) => {
-                    if let Err(e) = ws.send(Message::text(text.clone())).await {
-                        warn!("live log to {shown} broke: {e}; reconnecting");
-                        let mut q = shared.queue.lock().unwrap();
-                        if q.frames.len() < shared.buffer {
-                            q.frames.push_front(text);
-                        } else {
-                            q.dropped += 1;
-                        }
-                        continue 'connect;
+                match stream(ws, &shared, &mut progress).await {
+                    Ok(()) => return,
+                    Err((why, confirmed)) => {
+                        shared.queue.lock().unwrap().requeue_unconfirmed();
+                        warn!("live log to {shown} broke: {why}; reconnecting");
+                        confirmed
                     }
                 }
-                None if closed => {
-                    let _ = ws.close(None).await;
-                    return;
-                }
-                None => shared.wake.notified().await,
             }
+            Ok(Err(e)) => {
+                warn!("live log: cannot connect to {shown} ({e}); retrying in {delay:?}");
+                false
+            }
+            Err(_) => {
+                warn!("live log: cannot connect to {shown} (timed out); retrying in {delay:?}");
+                false
+            }
+        };
+        // A connection that worked is retried at once; one that did not
+        // (refused, or dropped before confirming anything) backs off.
+        if confirmed {
+            delay = cfg.reconnect_min;
+        } else {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(cfg.reconnect_max);
         }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Send queued frames on one connection until the log is closed and the
+/// site has confirmed everything (`Ok`), or the connection breaks
+/// (`Err((why, whether the site confirmed anything))`).
+async fn stream(ws: Ws, shared: &Shared, progress: &mut Progress) -> Result<(), (String, bool)> {
+    let (mut sink, mut incoming) = ws.split();
+    let mut pinged = progress.sent;
+    let mut confirmed = false;
+    let broke = |why: String, confirmed: bool| (why, confirmed);
+    loop {
+        // Take in what the site said meanwhile (pongs), without waiting.
+        while let Some(msg) = incoming.next().now_or_never() {
+            confirmed |= on_incoming(msg, shared).map_err(|why| broke(why, confirmed))?;
+        }
+        let (next, done) = {
+            let mut q = shared.queue.lock().unwrap();
+            let next = if q.dropped > progress.announced {
+                let marker = dropped_marker(shared.kind, q.dropped - progress.announced);
+                progress.announced = q.dropped;
+                q.bytes += marker.len();
+                Some(marker)
+            } else {
+                q.pending.pop_front()
+            };
+            if let Some(text) = &next {
+                progress.sent += 1;
+                q.unconfirmed.push_back((progress.sent, text.clone()));
+            }
+            let done = q.closed && q.pending.is_empty() && q.unconfirmed.is_empty();
+            (next, done)
+        };
+        if let Some(text) = next {
+            sink.send(Message::text(text))
+                .await
+                .map_err(|e| broke(e.to_string(), confirmed))?;
+            if progress.sent - pinged >= PING_EVERY {
+                pinged = progress.sent;
+                sink.send(ping(pinged))
+                    .await
+                    .map_err(|e| broke(e.to_string(), confirmed))?;
+            }
+            continue;
+        }
+        if done {
+            let _ = sink.send(Message::Close(None)).await;
+            return Ok(());
+        }
+        // All sent: ask the site to confirm it, then wait for its answer
+        // or for more frames.
+        if progress.sent > pinged {
+            pinged = progress.sent;
+            sink.send(ping(pinged))
+                .await
+                .map_err(|e| broke(e.to_string(), confirmed))?;
+        }
+        tokio::select! {
+            msg = incoming.next() => {
+                confirmed |= on_incoming(msg, shared).map_err(|why| broke(why, confirmed))?;
+            }
+            _ = shared.wake.notified() => {}
+        }
+    }
+}
+
+/// A ping asking the site to confirm frames up to send number `n`.
+fn ping(n: u64) -> Message {
+    Message::Ping(n.to_be_bytes().to_vec().into())
+}
+
+/// Handle one incoming message: `Ok(true)` when it confirmed frames, an
+/// error when the connection is over.
+fn on_incoming(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    shared: &Shared,
+) -> Result<bool, String> {
+    match msg {
+        None | Some(Ok(Message::Close(_))) => Err("the site closed the connection".to_string()),
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(Message::Pong(p))) => match <[u8; 8]>::try_from(p.as_ref()) {
+            Ok(n) => {
+                shared.queue.lock().unwrap().confirm(u64::from_be_bytes(n));
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        },
+        Some(Ok(_)) => Ok(false),
     }
 }

@@ -222,3 +222,24 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool
     }
     f()
 }
+
+/// Whether RabbitMQ sees the connection(s) named `name` over TLS: one
+/// entry per connection (`rabbitmqctl list_connections ssl`).
+pub fn connections_over_tls(name: &str) -> Vec<bool> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "ssl",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(|l| l.split('\t').next() == Some("true"))
+        .collect()
+}

@@ -10,7 +10,10 @@
 //! * `GET /storage/<key>`: serves bundles (with an MD5 ETag), with
 //!   injectable 5xx / 404 answers.
 //! * `GET /submission_input/<pk>/<id>/<secret>/?kind=...`: WebSocket that
-//!   accepts only the right secret and records text frames.
+//!   accepts only the right secret and records text frames; it answers
+//!   pings (as every WebSocket server must) and can drop a connection
+//!   mid-stream and refuse reconnections for a while, as a site restart
+//!   or a proxy reset would.
 //!
 //! ```ignore
 //! let site = FakeSite::start(1234, 7).await;
@@ -87,6 +90,12 @@ struct Inner {
     get_failures: HashMap<String, (u16, u32)>,
     gets: HashMap<String, u32>,
     ws_delay_ms: u64,
+    /// WebSocket connections accepted.
+    ws_connections: u32,
+    /// (after this many recorded frames in all, refuse this many upgrades)
+    ws_drop: Option<(usize, u32)>,
+    /// Upgrades still to refuse with 503.
+    ws_refuse: u32,
 }
 
 #[derive(Clone)]
@@ -180,6 +189,23 @@ impl FakeSite {
     /// Make the WebSocket server slow: sleep this long after each frame.
     pub fn slow_websocket(&self, ms: u64) {
         self.inner.lock().unwrap().ws_delay_ms = ms;
+    }
+
+    /// Drop the WebSocket connection abruptly (no close frame) once
+    /// `frames` frames have been recorded in all (whatever was in flight
+    /// behind the last one is lost, as with a real reset), then answer the
+    /// next `refuse` connection attempts with 503 (the site restarting).
+    pub fn drop_websocket_after(&self, frames: usize, refuse: u32) {
+        self.inner.lock().unwrap().ws_drop = Some((frames, refuse));
+    }
+    /// Answer the next `times` WebSocket connection attempts with 503 (the
+    /// site is away).
+    pub fn refuse_websocket(&self, times: u32) {
+        self.inner.lock().unwrap().ws_refuse = times;
+    }
+    /// WebSocket connections accepted so far.
+    pub fn ws_connections(&self) -> u32 {
+        self.inner.lock().unwrap().ws_connections
     }
 
     /// Accepted PATCHes, in order.
@@ -393,16 +419,25 @@ async fn websocket(
     ws: WebSocketUpgrade,
 ) -> Response {
     let kind = q.get("kind").cloned();
+    {
+        let mut inner = st.lock().unwrap();
+        if inner.ws_refuse > 0 {
+            inner.ws_refuse -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "restarting").into_response();
+        }
+    }
     ws.on_upgrade(move |mut socket| async move {
         if st.lock().unwrap().secret != secret {
             // The real consumer closes connections whose secret is wrong.
             let _ = socket.send(Message::Close(None)).await;
             return;
         }
+        st.lock().unwrap().ws_connections += 1;
+        // `recv` answers pings itself.
         while let Some(Ok(msg)) = socket.recv().await {
             match msg {
                 Message::Text(t) => {
-                    let delay = {
+                    let (delay, drop_now) = {
                         let mut inner = st.lock().unwrap();
                         let frame = serde_json::from_str(t.as_str())
                             .unwrap_or(Value::String(t.to_string()));
@@ -411,8 +446,20 @@ async fn websocket(
                             query_kind: kind.clone(),
                             frame,
                         });
-                        inner.ws_delay_ms
+                        let drop_now = match inner.ws_drop {
+                            Some((n, refuse)) if inner.frames.len() >= n => {
+                                inner.ws_drop = None;
+                                inner.ws_refuse = refuse;
+                                true
+                            }
+                            _ => false,
+                        };
+                        (inner.ws_delay_ms, drop_now)
                     };
+                    if drop_now {
+                        // Dropped without a close frame: a reset.
+                        return;
+                    }
                     if delay > 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                     }
