@@ -9,10 +9,7 @@ mod e2e;
 mod sandbox_env;
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 use e2e::*;
 use support::amqp::{connections_over_tls, unique_queue};
@@ -141,22 +138,7 @@ fn doctor_broker_row(vars: &[(&str, &str)], args: &[&str]) -> (String, String, S
         .envs(vars.iter().copied())
         .output()
         .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let rows: HashMap<String, (String, String, String)> = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
-            (s("name"), (s("status"), s("detail"), s("fix")))
-        })
-        .collect();
-    rows["broker"].clone()
+    sandbox_env::doctor_rows(&out)["broker"].clone()
 }
 
 #[test]

@@ -427,36 +427,23 @@ fn doctor_shows_the_driver_the_gpus_and_what_to_fix() {
         cmd.env("COMPUTE_WORKER_GPU_ROOT", &root)
             .env("USE_GPU", use_gpu)
             .env_remove("BROKER_URL");
-        let out = cmd.output().unwrap();
-        let doc: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
-        let row = |name: &str| {
-            doc["checks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["name"] == name)
-                .unwrap_or_else(|| panic!("no {name} row in {doc}"))
-                .clone()
-        };
-        (row("gpu driver"), row("gpu devices"))
+        let rows = sandbox_env::doctor_rows(&cmd.output().unwrap());
+        (rows["gpu driver"].clone(), rows["gpu devices"].clone())
     };
-    let (driver, devices) = doctor("false");
-    assert_eq!(driver["status"], "ok", "{driver}");
-    let detail = driver["detail"].as_str().unwrap();
+    let ((status, detail, _), (devices, _, fix)) = doctor("false");
+    assert_eq!(status, "ok", "{detail}");
     assert!(
         detail.contains(VERSION) && detail.contains(UUID_A) && detail.contains("Fake GPU B"),
         "{detail}"
     );
-    assert_eq!(devices["status"], "warn", "{devices}");
-    let fix = devices["fix"].as_str().unwrap();
+    assert_eq!(devices, "warn", "{fix}");
     assert!(
         fix.contains("nvidia-uvm is missing") && fix.contains("nvidia-modprobe -u -c0"),
         "{fix}"
     );
     assert!(fix.contains("must be in group `video`"), "{fix}");
-    let (_, devices) = doctor("true");
-    assert_eq!(devices["status"], "fail", "{devices}");
+    let (_, (devices, _, fix)) = doctor("true");
+    assert_eq!(devices, "fail", "{fix}");
 }
 
 /// `run --gpus`: a local job's programs get the GPU too.

@@ -11,34 +11,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
-
-use serde_json::Value;
+use std::process::Command;
 
 use sandbox_env::{env, Run};
 use support::amqp::broker_url;
 
 const BIN: &str = env!("CARGO_BIN_EXE_compute-worker");
 
-/// `doctor --json` rows by name: (status, detail, fix).
-fn rows(out: &Output) -> HashMap<String, (String, String, String)> {
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json printed no JSON ({e}):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
-            (s("name"), (s("status"), s("detail"), s("fix")))
-        })
-        .collect()
-}
+use sandbox_env::doctor_rows as rows;
 
 #[track_caller]
 fn assert_status(rows: &HashMap<String, (String, String, String)>, name: &str, want: &str) {

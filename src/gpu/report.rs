@@ -78,11 +78,7 @@ fn group_name(gid: u32) -> String {
 }
 
 fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string())
+    crate::sandbox::idmap::user_name(uid).unwrap_or_else(|| uid.to_string())
 }
 
 /// Whether the current user can open `path` read-write, by its mode bits

@@ -254,3 +254,23 @@ pub fn wait_for_process(needle: &str) -> i32 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `compute-worker doctor --json`'s rows by name: (status, detail, fix).
+pub fn doctor_rows(out: &Output) -> std::collections::HashMap<String, (String, String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("name"), (s("status"), s("detail"), s("fix")))
+        })
+        .collect()
+}
