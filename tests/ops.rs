@@ -20,6 +20,24 @@ const BIN: &str = env!("CARGO_BIN_EXE_compute-worker");
 
 use sandbox_env::doctor_rows as rows;
 
+/// `doctor --json` as the user `uid`:`gid` in its home, with the test
+/// broker and the defaults of a fresh account.
+fn doctor_as(uid: u32, gid: u32, home: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--init-groups")
+        .arg(&env().bin)
+        .args(["doctor", "--json"])
+        .current_dir(home)
+        .env("HOME", home)
+        .env("BROKER_URL", broker_url())
+        .env_remove("COMPUTE_WORKER_STATE_DIR")
+        .env_remove("COMPUTE_WORKER_IMAGE_DIR")
+        .env_remove("COMPUTE_WORKER_CGROUP_PARENT");
+    cmd
+}
+
 #[track_caller]
 fn assert_status(rows: &HashMap<String, (String, String, String)>, name: &str, want: &str) {
     let row = rows
@@ -236,20 +254,7 @@ fn doctor_names_the_fix_for_a_user_without_subordinate_ids() {
         "useradd gave {name} subordinate ids"
     );
     let home = format!("/home/{name}");
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--init-groups")
-        .arg(&env().bin)
-        .args(["doctor", "--json"])
-        .current_dir(&home)
-        .env("HOME", &home)
-        .env("BROKER_URL", broker_url())
-        .env_remove("COMPUTE_WORKER_STATE_DIR")
-        .env_remove("COMPUTE_WORKER_IMAGE_DIR")
-        .env_remove("COMPUTE_WORKER_CGROUP_PARENT")
-        .output()
-        .unwrap();
+    let out = doctor_as(uid, gid, &home).output().unwrap();
     remove_user(name);
     let r = rows(&out);
     assert_status(&r, "subuid", "fail");
@@ -487,18 +492,8 @@ fn setup_host_for_real_on_a_fresh_user_then_doctor_passes() {
     let first = run(&[]);
     let second = run(&[]);
     let home = format!("/home/{name}");
-    let doctor = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--init-groups")
-        .arg(&env().bin)
-        .args(["doctor", "--json"])
-        .current_dir(&home)
-        .env("HOME", &home)
-        .env("BROKER_URL", broker_url())
+    let doctor = doctor_as(uid, gid, &home)
         .env("COMPUTE_WORKER_CGROUP_PARENT", parent)
-        .env_remove("COMPUTE_WORKER_STATE_DIR")
-        .env_remove("COMPUTE_WORKER_IMAGE_DIR")
         .output()
         .unwrap();
     let uids = subid_lines("/etc/subuid", name);
