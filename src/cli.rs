@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// Verify the broker's TLS certificate (Codabench's worker does not).
     #[arg(long)]
     pub verify_broker_tls: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
+    #[arg(long, value_name = "ADDR:PORT", env = "COMPUTE_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

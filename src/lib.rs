@@ -9,6 +9,7 @@ pub mod cli;
 pub mod exec;
 pub mod images;
 pub mod job;
+pub mod metrics;
 pub mod run;
 pub mod sandbox;
 pub mod serve;

@@ -64,6 +64,9 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
     let store = crate::images::open_store(&args.images, &sandbox)?;
     let host_dir = host_directory();
+    let metrics = crate::metrics::Metrics::new();
+    metrics.set_slots(args.slots.max(1));
+    metrics.watch_image_store(store.clone());
     let settings = Settings {
         work_dir: host_dir.clone(),
         data_dir: Some(host_dir.join("data")),
@@ -72,6 +75,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         https_proxy: env_or("COMPETITION_CONTAINER_HTTPS_PROXY", ""),
         keep_job_dir: env_set("CODALAB_IGNORE_CLEANUP_STEP"),
         limits,
+        metrics: metrics.clone(),
         ..Settings::default()
     };
     let rewrite = std::env::var("WORKER_BUNDLE_URL_REWRITE")
@@ -81,7 +85,11 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     // /codabench/cache, bounded by MAX_CACHE_DIR_SIZE_GB.
     let max_cache = max_bytes_from_gb(std::env::var("MAX_CACHE_DIR_SIZE_GB").ok().as_deref());
     let cache = match BundleCache::new(host_dir.join("cache"), max_cache) {
-        Ok(c) => Some(Arc::new(c)),
+        Ok(c) => {
+            let c = Arc::new(c);
+            metrics.watch_bundle_cache(c.clone());
+            Some(c)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no bundle cache: {}", host_dir.join("cache").display());
             None
@@ -103,6 +111,9 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(addr) = args.metrics_addr {
+        rt.block_on(crate::metrics::serve(addr, metrics))?;
+    }
     rt.block_on(async move {
         let consumer = Arc::new(Consumer::new(cfg));
         let shutdown = CancellationToken::new();
