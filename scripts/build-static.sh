@@ -64,8 +64,10 @@ build_libseccomp() {
     (cd "$src" && apt-get "${APT_OPTS[@]}" source --download-only libseccomp >"$DEPS/apt-source.log" 2>&1) ||
         die "could not fetch libseccomp's source ('apt-get source libseccomp' with deb-src twins of /etc/apt's sources; see $DEPS/apt-update.log and $DEPS/apt-source.log). Without access to the Debian archive, put a libseccomp.a built for musl at $LIB"
     # dpkg-source checks the files against the .dsc, whose hashes apt checked
-    # against the archive's signed index.
-    (cd "$src" && dpkg-source -x ./libseccomp_*.dsc libseccomp >/dev/null)
+    # against the archive's signed index (its note that it cannot check the
+    # uploader's own signature, without debian-keyring, goes to the log).
+    (cd "$src" && dpkg-source -x ./libseccomp_*.dsc libseccomp >"$DEPS/dpkg-source.log" 2>&1) ||
+        die "unpacking libseccomp's source failed: see $DEPS/dpkg-source.log"
     # musl-gcc sees only musl's headers; libseccomp also needs the kernel's.
     local kh="$DEPS/kernel-headers"
     mkdir -p "$kh"
