@@ -32,7 +32,7 @@ pub enum Phase {
     Pull,
     /// The programs, from the start of the first to the end of the last.
     Run,
-    /// The result zip and the logs to the site.
+    /// The logs, the detailed results and the result zip, to the site.
     Upload,
 }
 
@@ -61,7 +61,7 @@ struct PhaseLabels {
     phase: &'static str,
 }
 
-/// 0.1 s to about 2 hours, ×4 per bucket.
+/// 0.1 s to about 7 hours, ×4 per bucket.
 fn phase_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 4.0, 10))
 }
