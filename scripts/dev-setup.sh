@@ -2,7 +2,8 @@
 # One-time set-up of a Debian/Ubuntu host for building and testing
 # compute-worker (run as root). Idempotent.
 #
-#  - system packages the build and the tests need;
+#  - system packages the build and the tests need, and the Rust musl
+#    target of the static build;
 #  - an unprivileged test user with subordinate uid/gid ranges;
 #  - a cgroup subtree delegated to that user (the sandbox limit tests);
 #  - RabbitMQ started if it is installed but not running, with a TLS
@@ -25,6 +26,19 @@ apt-get install -y -qq --no-install-recommends \
   docker-registry skopeo debootstrap systemd \
   ca-certificates openssl pkg-config gcc libseccomp-dev \
   libc6-dev libc-bin >/dev/null  # libc6-dev: static libc.a for tests/gpu.rs; libc-bin: ldconfig
+# The static (musl) build, scripts/build-static.sh: musl-gcc, and what
+# building libseccomp from its Debian source package takes.
+apt-get install -y -qq --no-install-recommends \
+  musl-tools gperf make dpkg-dev linux-libc-dev >/dev/null
+
+echo "== Rust target x86_64-unknown-linux-musl (the static binary)"
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl || {
+    echo "dev-setup.sh: 'rustup target add x86_64-unknown-linux-musl' failed (no access to the Rust toolchain server?); the static binary and tests/static_binary.rs need it" >&2
+    exit 1
+  }
+fi
 
 echo "== Python celery (the broker tests publish with the real Celery)"
 python3 -m pip install -q --disable-pip-version-check "celery==5.6.2" "kombu==5.6.2"

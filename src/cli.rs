@@ -105,6 +105,9 @@ pub struct ServeArgs {
     /// roots (implies --verify-broker-tls).
     #[arg(long, env = "COMPUTE_WORKER_BROKER_CA_FILE")]
     pub broker_ca_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
+    #[arg(long, value_name = "ADDR:PORT", env = "COMPUTE_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// With USE_GPU=true: give each slot its own K GPUs (by UUID) out of

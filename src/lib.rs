@@ -11,6 +11,7 @@ pub mod exec;
 pub mod gpu;
 pub mod images;
 pub mod job;
+pub mod metrics;
 pub mod ops;
 pub mod run;
 pub mod sandbox;

@@ -33,6 +33,9 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         gpu_root: &args.gpu_root.gpu_root,
     })?;
     let host_dir = codabench.host_directory.clone();
+    let metrics = crate::metrics::Metrics::new();
+    metrics.set_slots(args.slots.max(1));
+    metrics.watch_image_store(store.clone());
     let settings = Settings {
         work_dir: host_dir.clone(),
         data_dir: Some(host_dir.join("data")),
@@ -42,13 +45,18 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         keep_job_dir: codabench.keep_job_dirs,
         limits,
         slots,
+        metrics: metrics.clone(),
         ..Settings::default()
     };
     let rewrite = codabench.bundle_url_rewrite.clone();
     // The dataset cache (input_data, reference_data), as Codabench's
     // /codabench/cache, bounded by MAX_CACHE_DIR_SIZE_GB.
     let cache = match BundleCache::new(host_dir.join("cache"), codabench.max_cache_bytes) {
-        Ok(c) => Some(Arc::new(c)),
+        Ok(c) => {
+            let c = Arc::new(c);
+            metrics.watch_bundle_cache(c.clone());
+            Some(c)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no bundle cache: {}", host_dir.join("cache").display());
             None
@@ -71,6 +79,9 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(addr) = args.metrics_addr {
+        rt.block_on(crate::metrics::serve(addr, metrics))?;
+    }
     rt.block_on(async move {
         let consumer = Arc::new(Consumer::new(cfg));
         let shutdown = CancellationToken::new();

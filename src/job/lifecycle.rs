@@ -20,6 +20,7 @@ use super::command::{self, Metadata, ProgramKind};
 use super::layout::{self, MountPlan};
 use super::program::{self, Stream};
 use super::results::{self, ProgramOutcome};
+use crate::metrics::{Metrics, Phase};
 use crate::sandbox::{Bind, Limits, Network, Outcome, RunSpec, SandboxConfig};
 use crate::site::live::LiveKind;
 use crate::site::{FailureType, Status, SubmissionUpdate, UploadKind};
@@ -124,6 +125,9 @@ pub enum Images {
 pub struct ResolvedImage {
     pub layers: Vec<PathBuf>,
     pub config: rootfs_cache::ImageConfig,
+    /// Found in the image cache (`Some(true)`) or pulled; `None` for a
+    /// fixed rootfs.
+    pub cache_hit: Option<bool>,
     _lease: Option<rootfs_cache::Lease>,
 }
 
@@ -133,6 +137,7 @@ impl Images {
             Images::Rootfs(dir) => Ok(ResolvedImage {
                 layers: vec![dir.clone()],
                 config: Default::default(),
+                cache_hit: None,
                 _lease: None,
             }),
             Images::Store(store) => {
@@ -141,6 +146,7 @@ impl Images {
                     return Ok(ResolvedImage {
                         layers: image.layers,
                         config: image.config,
+                        cache_hit: Some(true),
                         _lease: Some(lease),
                     });
                 }
@@ -156,6 +162,7 @@ impl Images {
                             return Ok(ResolvedImage {
                                 layers: image.layers,
                                 config: image.config,
+                                cache_hit: Some(false),
                                 _lease: Some(lease),
                             })
                         }
@@ -188,6 +195,8 @@ pub struct Settings {
     pub detailed_results_interval: Duration,
     /// Per-slot GPUs and cpusets (`serve` with USE_GPU or --slot-cpus).
     pub slots: Option<Arc<super::worker_slots::SlotPlan>>,
+    /// Job endings, phase times, image cache hits, busy slots.
+    pub metrics: Metrics,
 }
 
 impl Default for Settings {
@@ -204,6 +213,7 @@ impl Default for Settings {
             log_cap: 50 << 20,
             detailed_results_interval: Duration::from_secs(5),
             slots: None,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -261,6 +271,20 @@ enum Stop {
 
 /// Run one step. Never panics on bad input; every path reports.
 pub async fn run_step<R: Reporter>(
+    w: &Worker,
+    r: &R,
+    step: &Step,
+    cancel: &CancellationToken,
+    soft_deadline: Option<Instant>,
+) -> StepReport {
+    let metrics = &w.settings.metrics;
+    let _busy = metrics.busy_slot();
+    let report = run_in_job_dir(w, r, step, cancel, soft_deadline).await;
+    metrics.job_ended(step.is_scoring, &report.ending);
+    report
+}
+
+async fn run_in_job_dir<R: Reporter>(
     w: &Worker,
     r: &R,
     step: &Step,
@@ -393,6 +417,7 @@ async fn steps<R: Reporter>(
         }
     }
 
+    let download = s.metrics.phase_clock(Phase::Download);
     for (slot, source) in &step.bundles {
         let dest = root.join(slot.dir());
         std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
@@ -411,6 +436,9 @@ async fn steps<R: Reporter>(
         }
     }
 
+    drop(download);
+
+    let pull = s.metrics.phase_clock(Phase::Pull);
     let image = w.images.resolve(&step.image).await.map_err(|e| Failure {
         message: format!(
             "Pull for {} failed! Check the logs for more information",
@@ -418,6 +446,10 @@ async fn steps<R: Reporter>(
         ),
         report: Some((FailureType::DockerImagePullFail, e)),
     })?;
+    drop(pull);
+    if let Some(hit) = image.cache_hit {
+        s.metrics.image_lookup(hit);
+    }
     if cancel.is_cancelled() {
         return Ok(Ending::Cancelled);
     }
@@ -479,6 +511,7 @@ async fn steps<R: Reporter>(
             }
         }
     }
+    let run = s.metrics.phase_clock(Phase::Run);
     let (outcomes, stop) = drive(
         r,
         driven,
@@ -489,6 +522,9 @@ async fn steps<R: Reporter>(
         watcher.as_mut().map(|w| (w, s.detailed_results_interval)),
     )
     .await;
+    drop(run);
+    // Logs, then the result zip: made and uploaded.
+    let upload = s.metrics.phase_clock(Phase::Upload);
     if let Some(watcher) = &mut watcher {
         watcher.check(r, true).await;
     }
@@ -564,6 +600,7 @@ async fn steps<R: Reporter>(
             .await
             .map_err(|e| format!("uploading the result: {e}"))?;
     }
+    drop(upload);
     match scores {
         None => {
             // After the upload: the scoring step may start as soon as the

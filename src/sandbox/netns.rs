@@ -15,13 +15,14 @@ pub fn loopback_up() -> io::Result<()> {
         *dst = *src as libc::c_char;
     }
     // SAFETY: `req` is a valid ifreq naming "lo"; the ioctls read and write
-    // only within it.
+    // only within it. (`as _`: the request is an unsigned long in glibc's
+    // ioctl and an int in musl's.)
     let res = unsafe {
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             -1
         } else {
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req)
+            libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req)
         }
     };
     let err = io::Error::last_os_error();

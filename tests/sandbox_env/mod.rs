@@ -131,15 +131,21 @@ pub fn user_dir(name: &str, mode: u32) -> PathBuf {
 impl Env {
     /// `compute-worker ARGS` as the test user.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_of(&self.bin, args)
+    }
+
+    /// `BIN ARGS` as the test user, with the environment of [`Env::command`]
+    /// (`bin` must be a build of compute-worker the user can execute).
+    pub fn command_of(&self, bin: &Path, args: &[&str]) -> Command {
         let mut cmd = if self.as_root {
             let mut c = Command::new("setpriv");
             c.arg(format!("--reuid={}", self.uid))
                 .arg(format!("--regid={}", self.gid))
                 .arg("--init-groups")
-                .arg(&self.bin);
+                .arg(bin);
             c
         } else {
-            Command::new(&self.bin)
+            Command::new(bin)
         };
         cmd.args(args)
             .current_dir(&self.work)
