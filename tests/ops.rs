@@ -437,6 +437,9 @@ fn setup_host_on_cgroup_v2_writes_the_systemd_delegation_drop_in() {
         text.contains("[Service]\nDelegate=cpu cpuset io memory pids\n"),
         "{text}"
     );
+    // No chowned subtree on v2: the values printed do not promise limits.
+    assert!(!out.contains("COMPUTE_WORKER_CGROUP_PARENT="), "{out}");
+    assert!(out.contains("limits off"), "{out}");
     let again = setup_host(p, &[]).ok();
     assert!(again.contains("nothing to change"), "{again}");
 }

@@ -168,10 +168,20 @@ pub fn run(args: SetupHostArgs) -> Result<i32> {
         (n, false) => println!("{n} change(s) made"),
     }
     println!("\nPut these in the worker's environment (or its .env file):");
-    println!(
-        "COMPUTE_WORKER_CGROUP_PARENT={}",
-        args.cgroup_parent.display()
-    );
+    if is_v2(&args.root.join("sys/fs/cgroup")) {
+        // A subtree chowned to the user is not enough on v2: moving a
+        // process into it needs write access at the common ancestor.
+        println!(
+            "# cgroup v2: limits need a subtree systemd delegated to the worker; this version \
+             does not place itself in one yet, so leave COMPUTE_WORKER_CGROUP_PARENT unset \
+             (limits off) unless you delegated one yourself"
+        );
+    } else {
+        println!(
+            "COMPUTE_WORKER_CGROUP_PARENT={}",
+            args.cgroup_parent.display()
+        );
+    }
     let (state, images) = cache_dirs(&user);
     println!("COMPUTE_WORKER_STATE_DIR={}", state.display());
     println!("COMPUTE_WORKER_IMAGE_DIR={}", images.display());
