@@ -194,11 +194,21 @@ fn is_real_root() -> bool {
             .unwrap_or(false)
 }
 
+/// The umask, from `/proc/self/status` (read, not changed: it is process-wide).
+fn current_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 struct Ctx<'a> {
     dest: &'a Path,
     opts: &'a UnpackOptions,
     report: UnpackReport,
     real_root: bool,
+    /// This process's umask, when known: a file created with the mode the
+    /// layer wants needs no chmod when the umask takes nothing from it.
+    umask: Option<u32>,
     /// Directories whose mode and times are applied at the end (so that a
     /// read-only directory can still be filled, and its mtime is not bumped).
     deferred_dirs: Vec<(PathBuf, u32, Option<filetime::FileTime>)>,
@@ -517,11 +527,16 @@ impl Ctx<'_> {
                 self.report.dirs += 1;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // Created with its final permission bits when the umask
+                // leaves them alone and there is no setuid, setgid or
+                // sticky bit (chown would clear those: they are set after).
+                let exact = mode & !0o777 == 0 && self.umask.is_some_and(|u| mode & u == 0);
+                let create_mode = if exact { mode } else { 0o600 };
                 let open = |p: &Path| {
                     OpenOptions::new()
                         .write(true)
                         .create_new(true)
-                        .mode(0o600)
+                        .mode(create_mode)
                         .custom_flags(libc::O_NOFOLLOW)
                         .open(p)
                 };
@@ -536,8 +551,10 @@ impl Ctx<'_> {
                 self.chown_with(&name, uid, gid, |uid, gid| {
                     std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
                 })?;
-                f.set_permissions(fs::Permissions::from_mode(mode))
-                    .map_err(|err| self.io_err(&name, "setting mode", err))?;
+                if !exact {
+                    f.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(|err| self.io_err(&name, "setting mode", err))?;
+                }
                 if !xattrs.is_empty() {
                     self.xattrs(&target, &xattrs);
                 }
@@ -729,6 +746,7 @@ pub fn unpack_layer_from(
         opts,
         report: UnpackReport::default(),
         real_root: is_real_root(),
+        umask: current_umask(),
         deferred_dirs: Vec::new(),
         chown_warned: false,
         known_dirs: HashSet::new(),

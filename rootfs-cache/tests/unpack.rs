@@ -244,3 +244,24 @@ fn a_layer_streamed_from_a_pipe_unpacks_like_a_file() {
         vec![7u8; 3 << 20]
     );
 }
+
+#[test]
+fn file_modes_are_exact_whatever_the_umask() {
+    // Files are created with their final mode when the umask allows it, and
+    // chmod-ed otherwise: both must end with the layer's mode.
+    let d = tempfile::tempdir().unwrap();
+    let modes = [
+        0o644, 0o755, 0o666, 0o777, 0o600, 0o000, 0o444, 0o2755, 0o1777,
+    ];
+    let entries: Vec<E> = modes
+        .iter()
+        .map(|m| E::File(format!("f{m:o}"), b"x".to_vec(), *m, 0))
+        .collect();
+    let blob = write(d.path(), &tar_of(&entries));
+    let dest = d.path().join("o");
+    unpack_layer(&blob, "", &dest, &opts()).unwrap();
+    for m in modes {
+        let got = dest.join(format!("f{m:o}")).metadata().unwrap().mode() & 0o7777;
+        assert_eq!(got, m, "mode of f{m:o}");
+    }
+}
