@@ -54,8 +54,8 @@ trap 'exit 130' INT TERM
 log() { echo "== $*" >&2; }
 
 cp target/release/compute-worker "$W/compute-worker"
-mkdir -p "$W/xdg" "$W/runs"
-chown "$USER_NAME:" "$W/xdg" "$W/runs" "$W/compute-worker"
+mkdir -p "$W/xdg" "$W/runs" "$W/config" "$W/data"  # podman creates its files there
+chown "$USER_NAME:" "$W/xdg" "$W/runs" "$W/config" "$W/data" "$W/compute-worker"
 if [ -n "${CW_BASELINE:-}" ]; then
   cp "$CW_BASELINE" "$W/compute-worker-baseline"
   chown "$USER_NAME:" "$W/compute-worker-baseline"
