@@ -17,6 +17,9 @@
 # split (from its progress lines).
 #
 #   bash bench/pull.sh [RUNS]          # RUNS from an empty cache, default 3
+#   CW_BASELINE=old/compute-worker bash bench/pull.sh 5
+#                                      # also time another build (e.g. main's)
+#                                      # in the same rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -51,8 +54,12 @@ trap 'exit 130' INT TERM
 log() { echo "== $*" >&2; }
 
 cp target/release/compute-worker "$W/compute-worker"
-mkdir -p "$W/xdg" "$W/runs"
-chown "$USER_NAME:" "$W/xdg" "$W/runs" "$W/compute-worker"
+mkdir -p "$W/xdg" "$W/runs" "$W/config" "$W/data"  # podman creates its files there
+chown "$USER_NAME:" "$W/xdg" "$W/runs" "$W/config" "$W/data" "$W/compute-worker"
+if [ -n "${CW_BASELINE:-}" ]; then
+  cp "$CW_BASELINE" "$W/compute-worker-baseline"
+  chown "$USER_NAME:" "$W/compute-worker-baseline"
+fi
 chmod 700 "$W/xdg"; chmod 755 "$W"
 as_user() { setpriv --reuid="$(id -u "$USER_NAME")" --regid="$(id -g "$USER_NAME")" --init-groups \
   env HOME="$W" XDG_RUNTIME_DIR="$W/xdg" XDG_CONFIG_HOME="$W/config" XDG_DATA_HOME="$W/data" "$@"; }
@@ -135,6 +142,12 @@ for i in $(seq "$RUNS"); do
   timed compute-worker as_user timeout "$RUN_TIMEOUT" "$CW" pull \
     --image-dir "$D/images" --state-dir "$D/state" "$REF"
 
+  if [ -n "${CW_BASELINE:-}" ]; then
+    D=$(fresh "base$i")
+    timed baseline as_user timeout "$RUN_TIMEOUT" "$W/compute-worker-baseline" pull \
+      --image-dir "$D/images" --state-dir "$D/state" "$REF"
+  fi
+
   D=$(fresh "p$i")
   timed podman podman_pull "$D"
 
@@ -161,8 +174,10 @@ import json, os, statistics, sys
 tdir, cached, cwlogs, have_umoci, driver, store_bytes, load0, load1, ncpu = sys.argv[1:]
 t = {n: [int(x) / 1e6 for x in open(os.path.join(tdir, n)).read().split()] for n in os.listdir(tdir)}
 med = {n: statistics.median(v) for n, v in t.items()}
-rows = [("compute-worker pull", med["compute-worker"], t["compute-worker"]),
-        (f"podman pull (rootless, {driver})", med["podman"], t["podman"])]
+rows = [("compute-worker pull", med["compute-worker"], t["compute-worker"])]
+if "baseline" in t:
+    rows.append(("compute-worker pull (CW_BASELINE build)", med["baseline"], t["baseline"]))
+rows.append((f"podman pull (rootless, {driver})", med["podman"], t["podman"]))
 if have_umoci == "1":
     both = [a + b for a, b in zip(t["skopeo"], t["umoci"])]
     rows.append(("skopeo copy + umoci unpack --rootless", statistics.median(both), both))
@@ -181,7 +196,9 @@ print(f"cached `compute-worker pull` (image already in the store): median {c['me
       f"(min {c['min'] * 1000:.1f}, max {c['max'] * 1000:.1f}, {len(c['times'])} runs); "
       f"store after the pull: {int(store_bytes) / 1e6:.0f} MB")
 # Where compute-worker's time goes, from its progress lines (info level):
-# first "download started" -> last "download verified" -> "layer unpacked".
+# first "download started" -> last "download verified" -> "layer unpacked"
+# (layers unpack while they download: the second figure is what is left after
+# the last byte has arrived).
 import re
 from datetime import datetime
 def ts(line):
@@ -196,6 +213,6 @@ for f in sorted(os.listdir(cwlogs), key=lambda f: int(f.split(".")[0])):
     if start and done and unpacked and None not in (start[0], done[-1], unpacked[-1]):
         split.append(f"{done[-1] - start[0]:.2f} + {unpacked[-1] - done[-1]:.2f}")
 if split:
-    print("compute-worker download + unpack (s), per run, from its log: " + "; ".join(split))
+    print("compute-worker download, then unpack after it (s), per run, from its log: " + "; ".join(split))
 print(f"load average (1, 5, 15 min) on {ncpu} CPUs: {load0} before the runs, {load1} after")
 PY

@@ -3,6 +3,7 @@
 //! verbs `pull`, `images`, `prune` and `import`.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,15 +27,15 @@ fn helper_error(e: impl std::fmt::Display) -> rootfs_cache::Error {
 impl LayerUnpacker for UsernsUnpacker {
     fn unpack(
         &self,
-        blob: &Path,
+        input: OwnedFd,
         media_type: &str,
         dest: &Path,
         opts: &UnpackOptions,
     ) -> rootfs_cache::Result<UnpackReport> {
-        match self.0.unpack_layer(blob, media_type, dest, opts) {
+        match self.0.unpack_layer(input, media_type, dest, opts) {
             Ok(Ok(report)) => Ok(report),
             Ok(Err(message)) => Err(rootfs_cache::Error::Io {
-                context: format!("unpacking {}", blob.display()),
+                context: format!("unpacking layer {} of {}", opts.layer, opts.image),
                 source: io::Error::other(message),
             }),
             Err(e) => Err(helper_error(e)),

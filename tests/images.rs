@@ -184,6 +184,51 @@ fn pull_of_a_missing_tag_fails_clearly() {
 }
 
 #[test]
+fn a_swapped_layer_unpacked_as_it_downloads_is_never_kept() {
+    // Layers are unpacked in the user namespace while they download. The
+    // registry serves another gzip stream of the same tar (one header byte
+    // differs: same size, same diff id), so the unpacking of its uid-33
+    // files succeeds; the blob digest, known at the end, refuses it, and the
+    // sub-uid-owned scratch is removed.
+    let e = env();
+    let reg = Registry::start();
+    let img = TestImage::new(vec![
+        busybox_rootfs_layer(Comp::Gzip),
+        layer(
+            &[
+                E::Dir("srv", 33),
+                E::File("srv/www-owned".into(), vec![5u8; 1 << 20], 0o640, 33),
+            ],
+            Comp::Gzip,
+        ),
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(push(&reg.host(), "test/swapped:1", &img));
+    let blob = reg.blob_data_path(&img.layers[1].digest());
+    let mut data = fs::read(&blob).unwrap();
+    data[9] ^= 0x01; // the gzip header's OS byte
+    fs::write(&blob, data).unwrap();
+
+    let dir = image_dir("pull-swapped");
+    let reference = format!("{}/test/swapped:1", reg.host());
+    let r = e.images_run(&dir, &["pull", &reference]);
+    assert_ne!(r.code(), 0, "{}", r.stdout());
+    let err = r.stderr();
+    assert!(
+        err.contains("digest") && err.contains(&img.layers[1].digest()),
+        "names the layer and the digest: {err}"
+    );
+    assert!(images_json(&dir).is_empty());
+    let swapped = dir.join("l").join(&img.layers[1].diff_id[7..23]);
+    assert!(!swapped.exists(), "{} kept", swapped.display());
+    let scratch: Vec<_> = fs::read_dir(dir.join("tmp")).unwrap().flatten().collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+}
+
+#[test]
 fn import_of_an_oci_layout_runs_offline() {
     let e = env();
     let dir = image_dir("import");

@@ -17,5 +17,6 @@ pub use progress::{IndicatifProgress, NoProgress, Progress, ProgressEvent, Traci
 pub use reference::{ImageRef, RegistriesConf};
 pub use store::{Image, ImageInfo, Lease, PruneReport, Store, StoreOptions, DEFAULT_MAX_BYTES};
 pub use unpack::{
-    unpack_layer, InProcessUnpacker, LayerUnpacker, Ownership, UnpackOptions, UnpackReport,
+    unpack_layer, unpack_layer_from, InProcessUnpacker, LayerUnpacker, Ownership, UnpackOptions,
+    UnpackReport,
 };

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -244,6 +245,16 @@ fn write_atomic(scratch: &Path, n: u64, path: &Path, data: &[u8]) -> Result<()> 
         .and_then(|_| f.sync_all())
         .ctx(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).ctx(|| format!("renaming into {}", path.display()))
+}
+
+/// A pipe from the download to the unpacker: `(read end, write end)`, both
+/// close-on-exec (the unpacker may hand the read end to a helper process),
+/// with a 1 MiB buffer when the system allows it.
+fn layer_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // SAFETY: F_SETPIPE_SZ only changes the buffer size of a pipe we own.
+    unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    Ok((rx, tx))
 }
 
 /// Removes a scratch path on drop unless disarmed.
@@ -632,11 +643,6 @@ impl Store {
         dest: &Path,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let mismatch = |actual: String| Error::DigestMismatch {
-            what: format!("{image}: blob {}", desc.digest),
-            expected: desc.digest.clone(),
-            actual,
-        };
         match source {
             Source::Local(files) => {
                 let src = files.get(&desc.digest).ok_or_else(|| Error::Import {
@@ -663,83 +669,112 @@ impl Store {
                     .ctx(|| format!("writing {}", dest.display()))?;
                 let actual = format!("sha256:{}", hex::encode(h.finalize()));
                 if actual != desc.digest {
-                    return Err(mismatch(actual));
+                    return Err(Error::DigestMismatch {
+                        what: format!("{image}: blob {}", desc.digest),
+                        expected: desc.digest.clone(),
+                        actual,
+                    });
                 }
                 Ok(())
             }
             Source::Registry { client, oref } => {
-                progress.event(&ProgressEvent::DownloadStarted {
-                    image: image.to_string(),
-                    digest: desc.digest.clone(),
-                    total: desc.size,
-                });
-                let reg_err = |e: &dyn std::fmt::Display| Error::Registry {
-                    reference: image.to_string(),
-                    registry: oref.registry().to_string(),
-                    reason: format!("blob {}: {e}", desc.digest),
-                };
-                let odesc = oci_client::manifest::OciDescriptor {
-                    media_type: desc.media_type.clone(),
-                    digest: desc.digest.clone(),
-                    size: desc.size as i64,
-                    ..Default::default()
-                };
-                let mut stream = client
-                    .pull_blob_stream(oref, &odesc)
-                    .await
-                    .map_err(|e| reg_err(&e))?;
                 let mut out = tokio::fs::File::create(dest)
                     .await
                     .ctx(|| format!("creating {}", dest.display()))?;
-                let mut h = Sha256::new();
-                let mut done = 0u64;
-                let mut stream_err = None;
-                while let Some(chunk) = stream.stream.next().await {
-                    let chunk = match chunk {
-                        Ok(c) => c,
-                        Err(e) => {
-                            stream_err = Some(e);
-                            break;
-                        }
-                    };
-                    done += chunk.len() as u64;
-                    if desc.size > 0 && done > desc.size {
-                        return Err(reg_err(&format!(
-                            "the registry sent more than the {} bytes the manifest promised",
-                            desc.size
-                        )));
-                    }
-                    h.update(&chunk);
-                    out.write_all(&chunk)
-                        .await
-                        .ctx(|| format!("writing {}", dest.display()))?;
-                    progress.event(&ProgressEvent::Downloaded {
-                        digest: desc.digest.clone(),
-                        done,
-                        total: desc.size,
-                    });
-                }
-                let actual = format!("sha256:{}", hex::encode(h.finalize()));
-                if let Some(e) = stream_err {
-                    // oci-client verifies too and fails the stream at its end; report
-                    // our own finding when the bytes are all there but wrong.
-                    if done == desc.size && actual != desc.digest {
-                        return Err(mismatch(actual));
-                    }
-                    return Err(reg_err(&e));
-                }
-                if actual != desc.digest {
-                    return Err(mismatch(actual));
-                }
+                let what = dest.display().to_string();
+                self.download(image, client, oref, desc, &mut out, &what, progress)
+                    .await?;
                 out.sync_all()
                     .await
-                    .ctx(|| format!("writing {}", dest.display()))?;
-                progress.event(&ProgressEvent::DownloadFinished {
-                    digest: desc.digest.clone(),
-                });
-                Ok(())
+                    .ctx(|| format!("writing {}", dest.display()))
             }
         }
+    }
+
+    /// Stream a blob from the registry into `out` (`what` names it in
+    /// errors), counting its size and hashing it as it goes. Whatever went
+    /// to `out` is only to be trusted once this returns `Ok`.
+    #[allow(clippy::too_many_arguments)]
+    async fn download<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        image: &str,
+        client: &oci_client::Client,
+        oref: &oci_client::Reference,
+        desc: &Descriptor,
+        out: &mut W,
+        what: &str,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let mismatch = |actual: String| Error::DigestMismatch {
+            what: format!("{image}: blob {}", desc.digest),
+            expected: desc.digest.clone(),
+            actual,
+        };
+        progress.event(&ProgressEvent::DownloadStarted {
+            image: image.to_string(),
+            digest: desc.digest.clone(),
+            total: desc.size,
+        });
+        let reg_err = |e: &dyn std::fmt::Display| Error::Registry {
+            reference: image.to_string(),
+            registry: oref.registry().to_string(),
+            reason: format!("blob {}: {e}", desc.digest),
+        };
+        let odesc = oci_client::manifest::OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            size: desc.size as i64,
+            ..Default::default()
+        };
+        let mut stream = client
+            .pull_blob_stream(oref, &odesc)
+            .await
+            .map_err(|e| reg_err(&e))?;
+        let mut h = Sha256::new();
+        let mut done = 0u64;
+        let mut stream_err = None;
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    stream_err = Some(e);
+                    break;
+                }
+            };
+            done += chunk.len() as u64;
+            if desc.size > 0 && done > desc.size {
+                return Err(reg_err(&format!(
+                    "the registry sent more than the {} bytes the manifest promised",
+                    desc.size
+                )));
+            }
+            h.update(&chunk);
+            out.write_all(&chunk)
+                .await
+                .ctx(|| format!("writing {what}"))?;
+            progress.event(&ProgressEvent::Downloaded {
+                digest: desc.digest.clone(),
+                done,
+                total: desc.size,
+            });
+        }
+        let actual = format!("sha256:{}", hex::encode(h.finalize()));
+        if let Some(e) = stream_err {
+            // oci-client verifies too and fails the stream at its end; report
+            // our own finding when the bytes are all there but wrong.
+            if done == desc.size && actual != desc.digest {
+                return Err(mismatch(actual));
+            }
+            return Err(reg_err(&e));
+        }
+        if actual != desc.digest {
+            return Err(mismatch(actual));
+        }
+        out.flush().await.ctx(|| format!("writing {what}"))?;
+        progress.event(&ProgressEvent::DownloadFinished {
+            digest: desc.digest.clone(),
+        });
+        Ok(())
     }
 
     /// Keep a (small) blob in `blobs/sha256/`: configs and manifests.
@@ -823,12 +858,9 @@ impl Store {
             ));
         }
         let unpacker = &*self.inner.opts.unpacker;
-        // Get a verified blob file.
-        let mut blob_guard = Cleanup {
-            path: None,
-            unpacker,
-        };
-        let blob: PathBuf = match source {
+        // The layer's bytes: a local blob (verified first), or a pipe that
+        // the download feeds while the unpacker reads it.
+        let (input, feed) = match source {
             Source::Local(files) => {
                 let p = files
                     .get(&desc.digest)
@@ -856,16 +888,17 @@ impl Store {
                         actual,
                     });
                 }
-                p
+                let f = fs::File::open(&p).ctx(|| format!("opening {}", p.display()))?;
+                (OwnedFd::from(f), None)
             }
-            Source::Registry { .. } => {
-                let tmp = self.inner.scratch.join(format!("layer-{}", self.next()));
-                blob_guard.path = Some(tmp.clone());
-                self.fetch(image, source, desc, &tmp, progress).await?;
-                tmp
+            Source::Registry { client, oref } => {
+                let (rx, tx) =
+                    layer_pipe().ctx(|| "creating a pipe to the unpacker".to_string())?;
+                (rx, Some((client, oref, tx)))
             }
         };
-        // Unpack into scratch, then rename into place.
+        // Unpack into scratch (never trusted), and rename it into place only
+        // once the blob's digest and the diff id are verified.
         let scratch_dir = self.inner.scratch.join(format!("unpack-{}", self.next()));
         let mut dir_guard = Cleanup {
             path: Some(scratch_dir.clone()),
@@ -880,9 +913,43 @@ impl Store {
         let up = self.inner.opts.unpacker.clone();
         let media_type = desc.media_type.clone();
         let sd = scratch_dir.clone();
-        let report = tokio::task::spawn_blocking(move || up.unpack(&blob, &media_type, &sd, &opts))
+        let unpacking =
+            tokio::task::spawn_blocking(move || up.unpack(input, &media_type, &sd, &opts));
+        let fetched = match feed {
+            Some((client, oref, tx)) => {
+                let what = format!("layer {} to the unpacker", desc.digest);
+                match tokio::net::unix::pipe::Sender::from_owned_fd(tx) {
+                    Ok(mut tx) => {
+                        self.download(image, client, oref, desc, &mut tx, &what, progress)
+                            .await
+                    }
+                    Err(e) => Err(Error::io(format!("sending {what}"), e)),
+                }
+                // The pipe is closed here: the unpacker sees the end of the layer.
+            }
+            None => Ok(()),
+        };
+        // Always wait for the unpacker, so that the scratch is removed only
+        // once nothing writes in it any more.
+        let unpacked = unpacking
             .await
-            .map_err(|e| Error::io("unpack task", io::Error::other(e)))??;
+            .map_err(|e| Error::io("unpack task", io::Error::other(e)))?;
+        let report = match (fetched, unpacked) {
+            (Ok(()), Ok(report)) => report,
+            // The download's verdict comes first: a wrong or cut blob makes
+            // the unpacker fail too, for a less telling reason.
+            (Err(e @ (Error::DigestMismatch { .. } | Error::Registry { .. })), _) => return Err(e),
+            // The unpacker stopped (an unsafe entry, ...): the download then
+            // fails with a broken pipe, which says less.
+            (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        };
+        if report.diff_id != diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("{image}: uncompressed layer {}", desc.digest),
+                expected: diff_id.to_string(),
+                actual: report.diff_id,
+            });
+        }
         let meta = LayerMeta {
             diff_id: diff_id.to_string(),
             unpacked_size: report.bytes,
@@ -897,7 +964,6 @@ impl Store {
         )?;
         fs::rename(&scratch_dir, &dir).ctx(|| format!("renaming layer into {}", dir.display()))?;
         dir_guard.path = None;
-        drop(blob_guard);
         progress.event(&ProgressEvent::LayerUnpacked {
             digest: desc.digest.clone(),
             bytes: report.bytes,

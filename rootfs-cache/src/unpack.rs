@@ -4,12 +4,15 @@
 //! in another process (for example inside a user-namespace helper, where
 //! `lchown` to the image's uids works).
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
@@ -99,16 +102,83 @@ pub fn is_supported_layer_media_type(media_type: &str) -> bool {
                 || media_type.starts_with("application/vnd.docker.image.rootfs.")))
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
+/// Size of the pieces of the uncompressed tar stream that the inflate thread
+/// hands to the writer, and of the writer's copy buffer.
+const CHUNK: usize = 1 << 20;
+/// Pieces in flight between the two threads.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A piece of the uncompressed tar stream: `buf[..len]`.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+/// The writer's end of the inflate thread: reads the uncompressed tar stream
+/// and hands emptied buffers back for reuse.
+struct ChunkReader {
+    chunks: mpsc::Receiver<io::Result<Chunk>>,
+    empties: mpsc::SyncSender<Vec<u8>>,
+    cur: Chunk,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len {
+            match self.chunks.recv() {
+                Ok(Ok(next)) => {
+                    let used = std::mem::replace(&mut self.cur, next);
+                    let _ = self.empties.try_send(used.buf);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The inflate thread has finished: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len - self.pos);
+        out[..n].copy_from_slice(&self.cur.buf[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
+    }
+}
+
+/// Read all of `input`, decompress it (format detected from the content),
+/// hash the uncompressed stream and send it to the writer in [`Chunk`]s.
+/// Returns the diff id. Stops early (with `Ok`) when the writer has gone.
+fn inflate(
+    input: impl Read,
+    chunks: &mpsc::SyncSender<io::Result<Chunk>>,
+    empties: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<String> {
+    let mut buf = BufReader::with_capacity(256 * 1024, input);
+    let head = buf.fill_buf()?;
+    let mut decompressed: Box<dyn Read> = match detect_compression(head) {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buf)?),
+        Compression::None => Box::new(buf),
+    };
+    let mut hasher = Sha256::new();
+    loop {
+        let mut piece = empties.try_recv().unwrap_or_default();
+        piece.resize(CHUNK, 0);
+        let mut len = 0;
+        while len < piece.len() {
+            match decompressed.read(&mut piece[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if len == 0 {
+            return Ok(format!("sha256:{}", hex::encode(hasher.finalize())));
+        }
+        hasher.update(&piece[..len]);
+        if chunks.send(Ok(Chunk { buf: piece, len })).is_err() {
+            return Ok(String::new());
+        }
     }
 }
 
@@ -124,15 +194,47 @@ fn is_real_root() -> bool {
             .unwrap_or(false)
 }
 
+/// The umask, from `/proc/self/status` (read, not changed: it is process-wide).
+fn current_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 struct Ctx<'a> {
     dest: &'a Path,
     opts: &'a UnpackOptions,
     report: UnpackReport,
     real_root: bool,
+    /// This process's umask, when known: a file created with the mode the
+    /// layer wants needs no chmod when the umask takes nothing from it.
+    umask: Option<u32>,
     /// Directories whose mode and times are applied at the end (so that a
     /// read-only directory can still be filled, and its mtime is not bumped).
     deferred_dirs: Vec<(PathBuf, u32, Option<filetime::FileTime>)>,
     chown_warned: bool,
+    /// Directories below `dest` that this unpack created or checked, with
+    /// every ancestor a real directory too (never a symlink). Only this
+    /// unpack writes in `dest`, and [`Ctx::clear`] forgets a directory and
+    /// everything below it when it removes it, so a path found here needs
+    /// no more lookups.
+    known_dirs: HashSet<PathBuf>,
+    /// Copy buffer for file contents.
+    buf: Vec<u8>,
+}
+
+/// Run `create`; when something is already at `p`, remove it (never
+/// following a symlink) and run `create` once more.
+macro_rules! create_replacing {
+    ($ctx:expr, $entry:expr, $p:expr, $create:expr) => {
+        match $create {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                $ctx.clear($entry, $p, false)?;
+                $create
+            }
+            r => r,
+        }
+    };
 }
 
 impl Ctx<'_> {
@@ -180,10 +282,18 @@ impl Ctx<'_> {
 
     /// Walk `comps` below `dest`, refusing any existing symlink on the way and
     /// creating missing directories when `create` is set. Returns the full path.
-    fn walk_dirs(&self, entry: &str, comps: &[OsString], create: bool) -> Result<PathBuf> {
+    fn walk_dirs(&mut self, entry: &str, comps: &[OsString], create: bool) -> Result<PathBuf> {
+        let mut p = self.dest.to_path_buf();
+        p.extend(comps);
+        if comps.is_empty() || self.known_dirs.contains(&p) {
+            return Ok(p);
+        }
         let mut p = self.dest.to_path_buf();
         for c in comps {
             p.push(c);
+            if self.known_dirs.contains(&p) {
+                continue;
+            }
             match fs::symlink_metadata(&p) {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(self.unsafe_entry(
@@ -212,17 +322,19 @@ impl Ctx<'_> {
                 }
                 Err(e) => return Err(self.io_err(entry, "looking up parent", e)),
             }
+            self.known_dirs.insert(p.clone());
         }
         Ok(p)
     }
 
     /// Remove whatever is at `p` (never following a symlink).
-    fn clear(&self, entry: &str, p: &Path, keep_dir: bool) -> Result<bool> {
+    fn clear(&mut self, entry: &str, p: &Path, keep_dir: bool) -> Result<bool> {
         match fs::symlink_metadata(p) {
             Ok(m) if m.is_dir() => {
                 if keep_dir {
                     return Ok(true);
                 }
+                self.known_dirs.retain(|d| !d.starts_with(p));
                 fs::remove_dir_all(p).map_err(|e| self.io_err(entry, "replacing directory", e))?;
             }
             Ok(_) => fs::remove_file(p).map_err(|e| self.io_err(entry, "replacing file", e))?,
@@ -233,13 +345,26 @@ impl Ctx<'_> {
     }
 
     fn chown(&mut self, entry: &str, p: &Path, uid: u64, gid: u64) -> Result<()> {
+        self.chown_with(entry, uid, gid, |uid, gid| {
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+        })
+    }
+
+    /// Set the owner with `set` (`lchown` on a path, or `fchown` on an open file).
+    fn chown_with(
+        &mut self,
+        entry: &str,
+        uid: u64,
+        gid: u64,
+        set: impl FnOnce(u32, u32) -> io::Result<()>,
+    ) -> Result<()> {
         if self.opts.ownership == Ownership::Skip {
             return Ok(());
         }
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(self.unsafe_entry(entry, "uid/gid out of range"));
         };
-        if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
+        if let Err(e) = set(uid, gid) {
             if self.opts.ownership == Ownership::Required {
                 return Err(self.io_err(
                     entry,
@@ -385,37 +510,56 @@ impl Ctx<'_> {
         let target = parent.join(base);
         match kind {
             tar::EntryType::Directory => {
-                if !self.clear(&name, &target, true)? {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&target)
-                        .map_err(|err| self.io_err(&name, "creating directory", err))?;
+                let mkdir = |p: &Path| fs::DirBuilder::new().mode(0o700).create(p);
+                match mkdir(&target) {
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                        if !self.clear(&name, &target, true)? {
+                            mkdir(&target)
+                                .map_err(|err| self.io_err(&name, "creating directory", err))?;
+                        }
+                    }
+                    r => r.map_err(|err| self.io_err(&name, "creating directory", err))?,
                 }
+                self.known_dirs.insert(target.clone());
                 self.chown(&name, &target, uid, gid)?;
                 self.xattrs(&target, &xattrs);
                 self.deferred_dirs.push((target, mode, mtime));
                 self.report.dirs += 1;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.clear(&name, &target, false)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
+                // Created with its final permission bits when the umask
+                // leaves them alone and there is no setuid, setgid or
+                // sticky bit (chown would clear those: they are set after).
+                let exact = mode & !0o777 == 0 && self.umask.is_some_and(|u| mode & u == 0);
+                let create_mode = if exact { mode } else { 0o600 };
+                let open = |p: &Path| {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(create_mode)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(p)
+                };
+                let mut f = create_replacing!(self, &name, &target, open(&target))
                     .map_err(|err| self.io_err(&name, "creating file", err))?;
-                let n = io::copy(&mut e, &mut f)
+                let n = copy_with(&mut e, &mut f, &mut self.buf)
                     .map_err(|err| self.io_err(&name, "writing file", err))?;
-                drop(f);
                 self.report.files += 1;
                 self.report.bytes += n;
-                self.chown(&name, &target, uid, gid)?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(|err| self.io_err(&name, "setting mode", err))?;
-                self.xattrs(&target, &xattrs);
+                // Through the open file: no path lookups, and no window in
+                // which the path could name something else.
+                self.chown_with(&name, uid, gid, |uid, gid| {
+                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                })?;
+                if !exact {
+                    f.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(|err| self.io_err(&name, "setting mode", err))?;
+                }
+                if !xattrs.is_empty() {
+                    self.xattrs(&target, &xattrs);
+                }
                 if let Some(t) = mtime {
-                    let _ = filetime::set_symlink_file_times(&target, t, t);
+                    let _ = filetime::set_file_handle_times(&f, Some(t), Some(t));
                 }
             }
             tar::EntryType::Symlink => {
@@ -423,9 +567,14 @@ impl Ctx<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| self.unsafe_entry(&name, "symlink without a target"))?
                     .into_owned();
-                self.clear(&name, &target, false)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
-                    .map_err(|err| self.io_err(&name, "creating symlink", err))?;
+                let link = OsStr::from_bytes(&link);
+                create_replacing!(
+                    self,
+                    &name,
+                    &target,
+                    std::os::unix::fs::symlink(link, &target)
+                )
+                .map_err(|err| self.io_err(&name, "creating symlink", err))?;
                 self.chown(&name, &target, uid, gid)?;
                 self.xattrs(&target, &xattrs);
                 if let Some(t) = mtime {
@@ -465,17 +614,19 @@ impl Ctx<'_> {
                     }
                 }
                 if src != target {
-                    self.clear(&name, &target, false)?;
                     // linkat(2) without AT_SYMLINK_FOLLOW: links a symlink itself, never its target.
-                    fs::hard_link(&src, &target)
+                    create_replacing!(self, &name, &target, fs::hard_link(&src, &target))
                         .map_err(|err| self.io_err(&name, "creating hard link", err))?;
                 }
                 self.report.hardlinks += 1;
             }
             tar::EntryType::Fifo => {
-                self.clear(&name, &target, false)?;
-                nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(|err| self.io_err(&name, "creating fifo", io::Error::from(err)))?;
+                let mkfifo = |p: &Path| {
+                    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                        .map_err(io::Error::from)
+                };
+                create_replacing!(self, &name, &target, mkfifo(&target))
+                    .map_err(|err| self.io_err(&name, "creating fifo", err))?;
                 self.chown(&name, &target, uid, gid)?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(|err| self.io_err(&name, "setting mode", err))?;
@@ -491,19 +642,60 @@ impl Ctx<'_> {
     }
 }
 
+/// `io::copy` with a caller-provided buffer (std's is 8 KiB: one write
+/// syscall per 8 KiB of a large file).
+fn copy_with(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 /// Unpack the layer `blob` (tar, tar+gzip or tar+zstd; detected from the
 /// content) into the directory `dest` (created if missing), converting
+/// whiteouts to overlayfs form. See [`unpack_layer_from`].
+pub fn unpack_layer(
+    blob: &Path,
+    media_type: &str,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport> {
+    let f = File::open(blob).map_err(|e| Error::Unpack {
+        image: opts.image.clone(),
+        layer: opts.layer.clone(),
+        entry: String::new(),
+        source: io::Error::new(e.kind(), format!("opening {}: {e}", blob.display())),
+    })?;
+    unpack_layer_from(f, media_type, dest, opts)
+}
+
+/// Unpack a layer read from `input` (a file, or a pipe fed while the layer
+/// downloads) into the directory `dest` (created if missing), converting
 /// whiteouts to overlayfs form.
+///
+/// Two threads: one reads, decompresses and hashes (the diff id), the
+/// calling one creates the files, so that inflating and file creation use
+/// two cores.
 ///
 /// Refuses (with [`Error::UnsafeEntry`], naming the image and the entry)
 /// absolute paths, `..`, paths through symlinks, and hard links leaving the
 /// layer. Owners are preserved per [`UnpackOptions::ownership`]; modes, mtimes
 /// and (best effort) xattrs are kept; device nodes are skipped with one log line.
 ///
-/// On error `dest` is left partially written: unpack into a scratch directory
-/// and remove it on failure (the [`crate::Store`] does).
-pub fn unpack_layer(
-    blob: &Path,
+/// On error `dest` is left partially written, and so it is when the input
+/// turns out not to be the blob it should be (the caller checks the blob's
+/// digest): unpack into a scratch directory, and only move it into place
+/// once the blob and the returned diff id are verified (the
+/// [`crate::Store`] does).
+pub fn unpack_layer_from(
+    input: impl Read + Send + 'static,
     media_type: &str,
     dest: &Path,
     opts: &UnpackOptions,
@@ -519,38 +711,46 @@ pub fn unpack_layer(
             "unsupported layer media type {media_type}"
         ))));
     }
-    let f = File::open(blob).map_err(|e| {
-        archive_err(io::Error::new(
-            e.kind(),
-            format!("opening {}: {e}", blob.display()),
-        ))
-    })?;
-    let mut buf = BufReader::with_capacity(256 * 1024, f);
-    let head = buf.fill_buf().map_err(archive_err)?;
-    let decompressed: Box<dyn Read> = match detect_compression(head) {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(buf).map_err(archive_err)?)
-        }
-        Compression::None => Box::new(buf),
-    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(dest)
         .map_err(archive_err)?;
-    let hashing = HashingReader {
-        inner: decompressed,
-        hasher: Sha256::new(),
+    let (chunk_tx, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (empty_tx, empty_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT + 1);
+    // Not scoped: when the writer fails, this thread may be blocked reading a
+    // pipe; it ends at its next read (nobody takes its chunks any more) or at
+    // the end of the input, and holds nothing but the input.
+    let inflater = std::thread::Builder::new()
+        .name("layer-inflate".into())
+        .spawn(move || {
+            let r = inflate(input, &chunk_tx, &empty_rx);
+            if let Err(e) = &r {
+                let _ = chunk_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            r
+        })
+        .map_err(archive_err)?;
+    let reader = ChunkReader {
+        chunks: chunk_rx,
+        empties: empty_tx,
+        cur: Chunk {
+            buf: Vec::new(),
+            len: 0,
+        },
+        pos: 0,
     };
-    let mut archive = tar::Archive::new(hashing);
+    let mut archive = tar::Archive::new(reader);
     let mut ctx = Ctx {
         dest,
         opts,
         report: UnpackReport::default(),
         real_root: is_real_root(),
+        umask: current_umask(),
         deferred_dirs: Vec::new(),
         chown_warned: false,
+        known_dirs: HashSet::new(),
+        buf: vec![0; CHUNK],
     };
     for entry in archive.entries().map_err(archive_err)? {
         let entry = entry.map_err(archive_err)?;
@@ -565,9 +765,14 @@ pub fn unpack_layer(
             let _ = filetime::set_symlink_file_times(&p, t, t);
         }
     }
+    // Whatever follows the tar's end is part of the diff id too.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(archive_err)?;
-    let diff_id = format!("sha256:{}", hex::encode(rest.hasher.finalize()));
+    drop(rest);
+    let diff_id = inflater
+        .join()
+        .map_err(|_| archive_err(io::Error::other("the inflate thread panicked")))?
+        .map_err(archive_err)?;
     if let Some(want) = &opts.expected_diff_id {
         if *want != diff_id {
             return Err(Error::DigestMismatch {
@@ -589,10 +794,13 @@ pub fn unpack_layer(
 /// calls [`unpack_layer`] in this process; the worker provides one that runs
 /// the same function in a user-namespace helper so that owners are kept.
 pub trait LayerUnpacker: Send + Sync {
-    /// Unpack `blob` into the (new, empty) directory `dest`.
+    /// Unpack the layer read from `input` (a blob file, or the read end of a
+    /// pipe fed as the layer downloads) into the (new) directory `dest`, as
+    /// [`unpack_layer_from`] does. The caller trusts `dest` only once it has
+    /// verified the blob's digest and the returned diff id.
     fn unpack(
         &self,
-        blob: &Path,
+        input: OwnedFd,
         media_type: &str,
         dest: &Path,
         opts: &UnpackOptions,
@@ -617,11 +825,11 @@ pub struct InProcessUnpacker;
 impl LayerUnpacker for InProcessUnpacker {
     fn unpack(
         &self,
-        blob: &Path,
+        input: OwnedFd,
         media_type: &str,
         dest: &Path,
         opts: &UnpackOptions,
     ) -> Result<UnpackReport> {
-        unpack_layer(blob, media_type, dest, opts)
+        unpack_layer_from(File::from(input), media_type, dest, opts)
     }
 }

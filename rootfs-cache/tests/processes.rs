@@ -12,14 +12,24 @@ const ROOT: &str = "RC_CHILD_ROOT";
 const NAME: &str = "RC_CHILD_NAME";
 const CRASH: &str = "RC_CHILD_CRASH";
 
-/// Kills the process (SIGKILL: no cleanup, no core dump) once some bytes of a
-/// blob are on disk.
-struct CrashMidDownload;
+/// Kills the process (SIGKILL: no cleanup, no core dump) halfway through
+/// the download of a layer, once the unpacker (which reads the layer as it
+/// downloads) has started writing its file `big` in the scratch area.
+struct CrashMidDownload(std::path::PathBuf);
 
 impl Progress for CrashMidDownload {
     fn event(&self, ev: &ProgressEvent) {
         if let ProgressEvent::Downloaded { done, total, .. } = ev {
-            if *done > 0 && done < total {
+            if *done >= total / 2 && done < total {
+                for _ in 0..1000 {
+                    if tree(&self.0.join("tmp"))
+                        .iter()
+                        .any(|p| p.ends_with("/big"))
+                    {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
             }
         }
@@ -39,7 +49,7 @@ fn child_process_pull() {
         .build()
         .unwrap();
     if std::env::var(CRASH).is_ok() {
-        let _ = rt.block_on(store.pull(&name, &CrashMidDownload));
+        let _ = rt.block_on(store.pull(&name, &CrashMidDownload(root.into())));
         panic!("should have crashed");
     }
     let img = rt.block_on(store.pull(&name, &NoProgress)).unwrap();
@@ -110,12 +120,15 @@ fn a_crash_mid_pull_leaves_only_scratch_which_the_next_open_cleans() {
     let out = child(&root, &name, true).output().unwrap();
     assert!(!out.status.success(), "child must have died");
 
-    // Junk is there: a partial download in the dead process's scratch.
+    // Junk is there: a half-unpacked layer in the dead process's scratch,
+    // and nothing of it is trusted.
     let junk: Vec<String> = tree(&root.join("tmp"))
         .into_iter()
-        .filter(|p| p.contains("layer-"))
+        .filter(|p| p.contains("unpack-") && p.ends_with("/big"))
         .collect();
     assert_eq!(junk.len(), 1, "{:?}", tree(&root.join("tmp")));
+    let partial = std::fs::metadata(root.join("tmp").join(&junk[0])).unwrap();
+    assert!(partial.len() < 8 << 20, "the layer was cut short");
     assert!(
         tree(&root.join("l")).is_empty(),
         "nothing half-unpacked is in l/"
@@ -126,7 +139,7 @@ fn a_crash_mid_pull_leaves_only_scratch_which_the_next_open_cleans() {
     let store = Store::open(&root, opts(dir.path())).unwrap();
     let left: Vec<String> = tree(&root.join("tmp"))
         .into_iter()
-        .filter(|p| p.contains("layer-"))
+        .filter(|p| p.contains("unpack-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     let got = rt.block_on(store.pull(&name, &NoProgress)).unwrap();

@@ -302,6 +302,39 @@ async fn tampered_blob_fails_and_nothing_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_blob_that_unpacks_cleanly_is_still_not_trusted() {
+    // Layers are unpacked while they download, before their digest is
+    // known. Here the registry serves another gzip stream of the very same
+    // tar (one header byte differs: same size, same diff id), so the
+    // unpacking itself succeeds; only the blob digest, checked at the end,
+    // tells, and nothing of it may stay.
+    let reg = Registry::start();
+    let img = TestImage::new(vec![layer(
+        &[file("x", b"x"), file("big", &vec![1u8; 2 << 20])],
+        Comp::Gzip,
+    )]);
+    push(&reg.host(), "t/swap:1", &img).await;
+    let p = reg.blob_data_path(&img.layers[0].digest());
+    let mut data = std::fs::read(&p).unwrap();
+    data[9] ^= 0x01; // the gzip header's OS byte
+    std::fs::write(&p, data).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s"), opts(dir.path())).unwrap();
+    let name = format!("{}/t/swap:1", reg.host());
+    let err = store.pull(&name, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&img.layers[0].digest()), "{err}");
+    assert!(store.get(&name).is_err());
+    assert!(tree(&store.root().join("l")).is_empty());
+    let tmp: Vec<String> = tree(&store.root().join("tmp"))
+        .into_iter()
+        .filter(|p| p.contains('/'))
+        .collect();
+    assert!(tmp.is_empty(), "scratch left: {tmp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_layers_are_refused_and_nothing_is_written_outside() {
     let reg = Registry::start();
     let dir = tempfile::tempdir().unwrap();

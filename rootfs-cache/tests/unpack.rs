@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use common::*;
-use rootfs_cache::{unpack_layer, Error, Ownership, UnpackOptions};
+use rootfs_cache::{unpack_layer, unpack_layer_from, Error, Ownership, UnpackOptions};
 
 fn opts() -> UnpackOptions {
     UnpackOptions {
@@ -175,5 +175,93 @@ fn gzip_and_zstd_detected_from_content_whatever_the_media_type_says() {
         .unwrap();
         assert_eq!(r.diff_id, l.diff_id);
         assert_eq!(std::fs::read(dest.join("hello")).unwrap(), b"hi");
+    }
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_or_a_file_is_not_written_through() {
+    // The unpacker remembers the directories it has made; an entry that
+    // replaces one must make it forget them, or a later entry would be
+    // written through the new symlink.
+    let d = tempfile::tempdir().unwrap();
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    for (name, replacement, reason) in [
+        // From <dest>/a/b, ../../outside is the directory next to <dest>.
+        ("symlink", E::Symlink("a/b", "../../outside"), "symlink"),
+        ("file", file("a/b", b"now a file"), "not a directory"),
+    ] {
+        let tar = tar_of(&[
+            E::Dir("a", 0),
+            E::Dir("a/b", 0),
+            file("a/b/first", b"1"),
+            replacement,
+            file("a/b/evil", b"escaped"),
+        ]);
+        let blob = write(d.path(), &tar);
+        let e = unpack_layer(&blob, "", &d.path().join(name), &opts()).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::UnsafeEntry { .. }), "{name}: {msg}");
+        assert!(
+            msg.contains("a/b/evil") && msg.contains(reason),
+            "{name}: {msg}"
+        );
+        assert!(!outside.join("evil").exists(), "{name}: written outside");
+    }
+}
+
+#[test]
+fn a_layer_streamed_from_a_pipe_unpacks_like_a_file() {
+    // The store feeds the unpacker from the download through a pipe.
+    let l = layer(
+        &[
+            E::Dir("big", 0),
+            file("big/data", &vec![7u8; 3 << 20]),
+            file("big/small", b"s"),
+        ],
+        Comp::Gzip,
+    );
+    let d = tempfile::tempdir().unwrap();
+    let (rx, tx) = nix::unistd::pipe().unwrap();
+    let blob = l.blob.clone();
+    let feeder = std::thread::spawn(move || {
+        let mut tx = std::fs::File::from(tx);
+        for piece in blob.chunks(1000) {
+            std::io::Write::write_all(&mut tx, piece).unwrap();
+        }
+    });
+    let o = UnpackOptions {
+        expected_diff_id: Some(l.diff_id.clone()),
+        ..opts()
+    };
+    let r = unpack_layer_from(std::fs::File::from(rx), "", &d.path().join("o"), &o).unwrap();
+    feeder.join().unwrap();
+    assert_eq!(r.diff_id, l.diff_id);
+    assert_eq!(r.files, 2);
+    assert_eq!(r.bytes, (3 << 20) + 1);
+    assert_eq!(
+        std::fs::read(d.path().join("o/big/data")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
+}
+
+#[test]
+fn file_modes_are_exact_whatever_the_umask() {
+    // Files are created with their final mode when the umask allows it, and
+    // chmod-ed otherwise: both must end with the layer's mode.
+    let d = tempfile::tempdir().unwrap();
+    let modes = [
+        0o644, 0o755, 0o666, 0o777, 0o600, 0o000, 0o444, 0o2755, 0o1777,
+    ];
+    let entries: Vec<E> = modes
+        .iter()
+        .map(|m| E::File(format!("f{m:o}"), b"x".to_vec(), *m, 0))
+        .collect();
+    let blob = write(d.path(), &tar_of(&entries));
+    let dest = d.path().join("o");
+    unpack_layer(&blob, "", &dest, &opts()).unwrap();
+    for m in modes {
+        let got = dest.join(format!("f{m:o}")).metadata().unwrap().mode() & 0o7777;
+        assert_eq!(got, m, "mode of f{m:o}");
     }
 }

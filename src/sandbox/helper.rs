@@ -81,12 +81,14 @@ fn run_helper() -> Result<()> {
             Ok(())
         }
         Task::Unpack {
-            blob,
             media_type,
             dest,
             opts,
         } => {
-            let result = rootfs_cache::unpack_layer(&blob, &media_type, &dest, &opts)
+            // SAFETY: the caller starts us with the layer stream on this fd
+            // for an Unpack task, and nothing else in this process owns it.
+            let input = unsafe { File::from_raw_fd(fds::INPUT) };
+            let result = rootfs_cache::unpack_layer_from(input, &media_type, &dest, &opts)
                 .map_err(|e| e.to_string());
             wire::send(&mut control, &Event::Unpacked { result })?;
             Ok(())

@@ -121,15 +121,15 @@ impl SandboxConfig {
 
     /// Delete paths as root of a user namespace with this config's maps.
     pub fn remove_as_root(&self, paths: Vec<PathBuf>) -> Result<Vec<String>, SandboxError> {
-        match self.one_shot(&Task::Remove { paths })? {
+        match self.one_shot(&Task::Remove { paths }, None)? {
             Event::Removed { errors } => Ok(errors),
             other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
         }
     }
 
     /// Run a task that answers with one event, and wait for the helper.
-    fn one_shot(&self, task: &Task) -> Result<Event, SandboxError> {
-        let mut h = Helper::spawn(self, task, None, None, None)?;
+    fn one_shot(&self, task: &Task, input: Option<OwnedFd>) -> Result<Event, SandboxError> {
+        let mut h = Helper::spawn(self, task, None, None, None, input)?;
         let event = h.next_event();
         let _ = h.child.wait();
         event
@@ -137,22 +137,24 @@ impl SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// Unpack an image layer as root of a user namespace with this
-    /// config's maps, so files keep the owners the image gives them.
+    /// Unpack an image layer read from `input` (a blob file or a pipe) as
+    /// root of a user namespace with this config's maps, so files keep the
+    /// owners the image gives them. `input` is handed to the helper and
+    /// closed here at once, so a writer at the other end of a pipe sees the
+    /// reader go when the helper does.
     pub fn unpack_layer(
         &self,
-        blob: &Path,
+        input: OwnedFd,
         media_type: &str,
         dest: &Path,
         opts: &rootfs_cache::UnpackOptions,
     ) -> Result<Result<rootfs_cache::UnpackReport, String>, SandboxError> {
         let task = Task::Unpack {
-            blob: blob.to_path_buf(),
             media_type: media_type.to_string(),
             dest: dest.to_path_buf(),
             opts: opts.clone(),
         };
-        match self.one_shot(&task)? {
+        match self.one_shot(&task, Some(input))? {
             Event::Unpacked { result } => Ok(result),
             other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
         }
@@ -208,6 +210,7 @@ impl Helper {
         stdout: Option<&OwnedFd>,
         stderr: Option<&OwnedFd>,
         lock: Option<&File>,
+        input: Option<OwnedFd>,
     ) -> Result<Helper, SandboxError> {
         let (ours, theirs) = UnixStream::pair()?;
         let null = File::options().write(true).open("/dev/null")?;
@@ -218,12 +221,19 @@ impl Helper {
             stdout.map_or(null.as_fd(), |f| f.as_fd()),
             stderr.map_or(null.as_fd(), |f| f.as_fd()),
             lock.map_or(null.as_fd(), |f| f.as_fd()),
+            input.as_ref().map_or(null.as_fd(), |f| f.as_fd()),
         ]
         .iter()
         .map(|fd| dup_high(fd.as_raw_fd()))
         .collect::<io::Result<_>>()?;
         let raw: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
-        let targets = [fds::CONTROL, fds::STDOUT, fds::STDERR, fds::LOCK];
+        let targets = [
+            fds::CONTROL,
+            fds::STDOUT,
+            fds::STDERR,
+            fds::LOCK,
+            fds::INPUT,
+        ];
 
         let mut cmd = std::process::Command::new(&cfg.helper);
         cmd.arg("__sandbox")
@@ -250,6 +260,7 @@ impl Helper {
             source,
         })?;
         drop(handed);
+        drop(input);
         drop(theirs);
 
         tracing::debug!(pid = child.id(), "sandbox helper spawned");
@@ -364,6 +375,7 @@ impl Sandbox {
             Some(&stdout_fd),
             Some(&stderr_fd),
             Some(&rundir.lock),
+            None,
         )
         .and_then(|mut h| match h.next_event()? {
             Event::Started { pid } => Ok((h, pid)),

@@ -15,9 +15,13 @@ pub mod fds {
     pub const STDOUT: i32 = 4;
     pub const STDERR: i32 = 5;
     pub const LOCK: i32 = 6;
+    /// The layer stream of an `Unpack` task.
+    pub const INPUT: i32 = 7;
 }
 
 /// What the helper is asked to do inside the user namespace.
+// One task per helper process, serialised at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Task {
     /// Run a program in a sandbox.
@@ -29,10 +33,9 @@ pub enum Task {
     },
     /// Delete directories whose files belong to subordinate ids.
     Remove { paths: Vec<PathBuf> },
-    /// Unpack an image layer so that its files keep their owners (uid 33
-    /// in the image is uid 33 in the sandbox).
+    /// Unpack an image layer, read from fd [`fds::INPUT`], so that its
+    /// files keep their owners (uid 33 in the image is uid 33 in the sandbox).
     Unpack {
-        blob: PathBuf,
         media_type: String,
         dest: PathBuf,
         opts: rootfs_cache::UnpackOptions,
