@@ -38,6 +38,17 @@ fn doctor_as(uid: u32, gid: u32, home: &str) -> Command {
     cmd
 }
 
+/// The state and image directories are usable: `ok`, or a warning about
+/// this machine's free space (below 10 GiB), never a failure.
+#[track_caller]
+fn assert_writable_dirs(rows: &HashMap<String, (String, String, String)>) {
+    for name in ["state dir", "image dir"] {
+        let (status, detail, _) = &rows[name];
+        let low_space = status == "warn" && detail.contains("GiB free");
+        assert!(status == "ok" || low_space, "`{name}`: {status} {detail}");
+    }
+}
+
 #[track_caller]
 fn assert_status(rows: &HashMap<String, (String, String, String)>, name: &str, want: &str) {
     let row = rows
@@ -74,14 +85,13 @@ fn doctor_passes_the_sandbox_checks_for_the_test_user() {
         "subgid",
         "newuidmap",
         "newgidmap",
-        "state dir",
-        "image dir",
         "overlay in userns",
         "cgroup",
         "broker",
     ] {
         assert_status(&r, name, "ok");
     }
+    assert_writable_dirs(&r);
     assert!(
         r["cgroup"].1.contains(&env().cgroup_parent),
         "{:?}",
@@ -515,16 +525,10 @@ fn setup_host_for_real_on_a_fresh_user_then_doctor_passes() {
     let out2 = second.ok();
     assert!(out2.contains("nothing to change"), "{out2}");
     let r = rows(&doctor);
-    for n in [
-        "subuid",
-        "subgid",
-        "overlay in userns",
-        "cgroup",
-        "state dir",
-        "image dir",
-    ] {
+    for n in ["subuid", "subgid", "overlay in userns", "cgroup"] {
         assert_status(&r, n, "ok");
     }
+    assert_writable_dirs(&r);
     assert_eq!(doctor.status.code(), Some(0));
 }
 

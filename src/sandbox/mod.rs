@@ -181,12 +181,12 @@ impl SandboxConfig {
                 dir: self.state_dir.clone(),
                 source,
             })
-            .and_then(
-                |()| match self.one_shot(&Task::ProbeOverlay { dir: dir.clone() })? {
+            .and_then(|()| {
+                match self.one_shot(&Task::ProbeOverlay { dir: dir.clone() }, None)? {
                     Event::Probed { result } => Ok(result),
                     other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
-                },
-            );
+                }
+            });
         if std::fs::remove_dir_all(&dir).is_err() && dir.exists() {
             let _ = self.remove_as_root(vec![dir]);
         }

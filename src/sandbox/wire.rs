@@ -20,8 +20,6 @@ pub mod fds {
 }
 
 /// What the helper is asked to do inside the user namespace.
-// One task per helper process, serialised at once: its size does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Task {
     /// Run a program in a sandbox.
