@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-100}
 USER_NAME=${COMPUTE_WORKER_TEST_USER:-cwtest}
 command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
+command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null
 cargo build --release --benches -q
 BIN_SRC=target/release/compute-worker
 LIB_BENCH=$(ls -t target/release/deps/sandbox_start-* | grep -v '\.d$' | head -1)

@@ -7,29 +7,29 @@ fn main() {
     // The sandbox helper must start before anything else: it forks, so it
     // must stay single-threaded.
     if std::env::args_os().nth(1).is_some_and(|a| a == "__sandbox") {
-        // Its own variable: libcontainer logs from the container's init
-        // process land in the program's stderr, which participants read.
-        init_logging(
-            LogFormat::Human,
-            "COMPUTE_WORKER_SANDBOX_LOG",
-            "error,libcontainer=off,libcgroups=off",
-        );
-        compute_worker::sandbox::helper::main();
+        use compute_worker::sandbox::helper;
+        init_logging(LogFormat::Human, helper::LOG_VAR, helper::LOG_DEFAULT);
+        helper::main();
     }
     // The layers below the command line (config file, .env) go into the
     // environment before clap reads it, while this process has one thread.
     let early = Early::from_args(std::env::args_os());
-    let layers = match config::load(&Cli::command(), &early) {
+    let command = Cli::command();
+    let layers = match config::load(&command, &early) {
         Ok(layers) => layers,
         Err(e) => {
             eprintln!("compute-worker: {e:#}");
             std::process::exit(2);
         }
     };
-    // Built after `load`: clap reads each option's variable when the
-    // option is declared.
-    let command = Cli::command();
-    let matches = command.clone().get_matches();
+    // Declared again when `load` set variables: clap reads each option's
+    // variable when the option is declared.
+    let mut command = if layers.set_variables() {
+        Cli::command()
+    } else {
+        command
+    };
+    let matches = command.get_matches_mut();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(
         cli.log_format,

@@ -579,10 +579,13 @@ fn the_next_start_cleans_up_after_a_crash_of_every_worker_process() {
     let mut child = sandbox_with_marker(&state, "428");
     // The worker side dies all at once (exec, helper, keeper): nobody is
     // left to clean up, but the kernel still kills the sandbox.
+    // Every process of the binary: its helper and the helper's keeper
+    // (forks of `exec`, or `compute-worker __sandbox` and its fork).
     let mut all = descendants(child.id());
     all.retain(|p| {
         let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmd).contains("__sandbox")
+        let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+        argv0.ends_with(b"compute-worker")
     });
     assert!(!all.is_empty(), "helper processes not found");
     all.push(child.id() as i32);

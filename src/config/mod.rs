@@ -131,6 +131,24 @@ pub fn settings(cmd: &Command) -> Vec<Setting> {
     out
 }
 
+/// The variable of every setting, read off `cmd` as declared (no copy, no
+/// build): the same names as [`settings`] gives.
+fn setting_vars(cmd: &Command) -> impl Iterator<Item = &str> {
+    fn walk<'a>(c: &'a Command, out: &mut Vec<&'a str>) {
+        out.extend(
+            c.get_arguments()
+                .filter_map(|a| a.get_env().and_then(|e| e.to_str())),
+        );
+        for sub in c.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(cmd, &mut out);
+    out.into_iter()
+        .chain(codabench::VARS.iter().map(|v| v.name))
+}
+
 /// Run `value` through a copy of `arg`'s own value parser.
 fn check_with_parser(arg: &Arg, value: &str) -> Result<(), String> {
     let probe = Arg::new("value")
@@ -176,6 +194,15 @@ impl Layers {
     pub fn source_of(&self, env: &str) -> Option<&Source> {
         self.sources.get(env)
     }
+
+    /// True when a config file or `.env` set a variable of this process
+    /// (clap reads each option's variable when the option is declared, so a
+    /// command declared before [`load`] does not see it).
+    pub fn set_variables(&self) -> bool {
+        self.sources
+            .values()
+            .any(|s| matches!(s, Source::File(_) | Source::DotEnv(_)))
+    }
 }
 
 /// The file options, found on the command line before clap runs (they
@@ -216,7 +243,6 @@ impl Early {
 /// names the key or variable and the file it came from). Call it before
 /// any thread starts.
 pub fn load(cmd: &Command, early: &Early) -> Result<Layers> {
-    let settings = settings(cmd);
     let mut layers = Layers::default();
     for (name, _) in std::env::vars_os() {
         layers
@@ -228,7 +254,15 @@ pub fn load(cmd: &Command, early: &Early) -> Result<Layers> {
         .config
         .clone()
         .or_else(|| std::env::var_os("COMPUTE_WORKER_CONFIG").map(PathBuf::from));
-    if let Some(path) = file::find(config)? {
+    let file = file::find(config)?;
+    // Every setting means a copy of the whole command line, built: most of
+    // a short command's start (`exec`). Only a file or a set variable needs
+    // them.
+    if file.is_none() && !setting_vars(cmd).any(|v| layers.sources.contains_key(v)) {
+        return Ok(layers);
+    }
+    let settings = settings(cmd);
+    if let Some(path) = file {
         file::apply(&path, &settings, &mut layers.sources)?;
         layers.file = Some(path);
     }

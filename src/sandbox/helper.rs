@@ -1,7 +1,8 @@
 //! The sandbox helper: the `compute-worker __sandbox` process.
 //!
-//! It is started fresh (fork+exec) for every run, so it is single-threaded
-//! and may fork freely. Its life:
+//! It is started fresh for every run (a fork of a single-threaded caller,
+//! else a fork+exec: see `process.rs`), so it is single-threaded and may
+//! fork freely. Its life:
 //!
 //! 1. unshare a user namespace and wait while the caller writes the id maps;
 //! 2. become root in it, unshare mount and pid (and network) namespaces, and
@@ -35,6 +36,27 @@ use super::cgroup::{self, Delegation};
 use super::spec::{self, CgroupSettings};
 use super::types::{exit_code, Network, Outcome, RunSpec};
 use super::wire::{self, fds, Command, Event, Task};
+
+/// The helper's log filter variable: its own, because libcontainer logs
+/// from the container's init process land in the program's stderr, which
+/// participants read.
+pub const LOG_VAR: &str = "COMPUTE_WORKER_SANDBOX_LOG";
+/// The helper's log filter when [`LOG_VAR`] is not set.
+pub const LOG_DEFAULT: &str = "error,libcontainer=off,libcgroups=off";
+
+/// Entry point of a helper forked from its caller (see `process.rs`): the
+/// caller's logging gives way to the helper's own. Never returns.
+pub fn main_forked() -> ! {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_VAR)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_DEFAULT));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .finish();
+    // This process has one thread, and its forks copy its default.
+    let _logging = tracing::subscriber::set_default(logger);
+    main()
+}
 
 /// Entry point of `compute-worker __sandbox`. Never returns.
 pub fn main() -> ! {
@@ -110,7 +132,8 @@ fn run_helper() -> Result<()> {
             }
             unshare(flags).context("unshare(mount, pid, net namespaces)")?;
             // SAFETY: this process is single-threaded (a fresh exec of the
-            // binary that has started no threads), so fork is sound.
+            // binary, or a fork of a single-threaded caller, that has
+            // started no threads), so fork is sound.
             match unsafe { fork() }.context("fork")? {
                 ForkResult::Child => {
                     let keeper = Keeper {
@@ -204,9 +227,9 @@ impl Keeper {
     fn main(mut self) -> i32 {
         // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-        let (upper, work, rootfs, _, _) = super::rundir::layout(&self.rundir);
+        let (upper, work, scratch) = super::rundir::layout(&self.rundir);
         let cgroup_path = self.cgroup.as_ref().map(|d| d.run_path(&self.id));
-        let event = match self.setup_and_run(&rootfs, cgroup_path.as_deref()) {
+        let event = match self.setup_and_run(&scratch, cgroup_path.as_deref()) {
             Ok(outcome) => Event::Finished { outcome },
             Err(e) => {
                 let message = format!("{e:#}");
@@ -218,29 +241,37 @@ impl Keeper {
         if let (Some(d), Some(path)) = (&self.cgroup, &cgroup_path) {
             d.remove(path);
         }
-        // No umount: the overlay goes with this mount namespace when the
-        // keeper exits, and each explicit umount waits for an RCU grace
-        // period. Its upper and work directories can go now: nothing uses
-        // them any more.
-        if !self.run.keep_upper {
-            let _ = remove_tree(&upper);
-        }
-        let _ = remove_tree(&work);
+        // No umount: the scratch tmpfs and the overlay go with this mount
+        // namespace when the keeper exits, and each explicit umount waits
+        // for an RCU grace period. The overlay's upper and work directories
+        // can go now: nothing uses them any more. Side by side: on a disk
+        // mounted with `discard`, each directory's removal waits for the
+        // disk, and the two waits overlap. (No fork follows: a thread is
+        // fine here.)
+        std::thread::scope(|s| {
+            if !self.run.keep_upper {
+                s.spawn(|| remove_tree(&upper));
+            }
+            let _ = remove_tree(&work);
+        });
         if wire::send(&mut self.control, &event).is_err() {
             // The caller is gone and will not clean up: leave nothing (the
             // mount point can only go once nothing is mounted on it).
-            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&scratch, nix::mount::MntFlags::MNT_DETACH);
             let _ = remove_tree(&self.rundir);
             return 1;
         }
         0
     }
 
-    fn setup_and_run(&mut self, rootfs: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {
+    fn setup_and_run(&mut self, scratch: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {
         make_mounts_private()?;
         if self.run.network == Network::None {
             super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
         }
+        let (rootfs, bundle, state) = super::rundir::scratch_layout(scratch);
+        mount_scratch(scratch, [&rootfs, &bundle, &state])?;
+        let rootfs = rootfs.as_path();
         self.mount_rootfs(rootfs)?;
         create_workdir(rootfs, &self.run.cwd);
         match &self.cgroup {
@@ -254,7 +285,6 @@ impl Keeper {
             }
         }
 
-        let (_, _, _, bundle, state) = super::rundir::layout(&self.rundir);
         let mems = self.cgroup.as_ref().and_then(|d| d.parent_mems());
         let cg = cgroup_path.map(|path| CgroupSettings {
             path,
@@ -323,7 +353,7 @@ impl Keeper {
     }
 
     fn mount_rootfs(&self, rootfs: &Path) -> Result<()> {
-        let (upper, work, _, _, _) = super::rundir::layout(&self.rundir);
+        let (upper, work, _) = super::rundir::layout(&self.rundir);
         // `volatile`: no sync of the upper layer at unmount. The layer is
         // thrown away after the run, and that sync costs milliseconds.
         mount_overlay(
@@ -375,6 +405,23 @@ impl Keeper {
             }
         }
     }
+}
+
+/// Mount the keeper's scratch tmpfs on `mount_point` (on the run
+/// directory's disk) and make `dirs` in it.
+fn mount_scratch<const N: usize>(mount_point: &Path, dirs: [&Path; N]) -> Result<()> {
+    mount(
+        Some("tmpfs"),
+        mount_point,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=700,size=16m"),
+    )
+    .with_context(|| format!("mounting a scratch tmpfs on {}", mount_point.display()))?;
+    for d in dirs {
+        fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok(())
 }
 
 /// Mount an overlay of `layers` (top first) with `upper`/`work` on

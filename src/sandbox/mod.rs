@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod helper;
 pub mod idmap;
 mod netns;
+mod process;
 pub mod rundir;
 pub mod seccomp;
 pub mod spec;
@@ -19,11 +20,9 @@ mod wire;
 
 use std::fs::File;
 use std::io::{self, BufReader};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio as StdStdio};
 
 use thiserror::Error;
 
@@ -31,8 +30,9 @@ pub use cgroup::Delegation;
 pub use idmap::IdMaps;
 pub use types::{exit_code, Bind, Limits, Network, Outcome, RunSpec};
 
+use process::HelperProcess;
 use rundir::RunDir;
-use wire::{fds, Command, Event, Task};
+use wire::{Command, Event, Task};
 
 /// The host side of every sandbox: where runs keep their state, which ids
 /// they map, which cgroup subtree they may use.
@@ -196,7 +196,7 @@ impl SandboxConfig {
 
 /// The helper process and our end of its control socket.
 struct Helper {
-    child: Child,
+    child: HelperProcess,
     control: UnixStream,
     events: BufReader<UnixStream>,
 }
@@ -216,51 +216,20 @@ impl Helper {
         let null = File::options().write(true).open("/dev/null")?;
         // Duplicate every fd we hand over to a high number first, so that
         // the dup2 calls in the child cannot clobber one another.
-        let handed: Vec<OwnedFd> = [
-            theirs.as_fd(),
-            stdout.map_or(null.as_fd(), |f| f.as_fd()),
-            stderr.map_or(null.as_fd(), |f| f.as_fd()),
-            lock.map_or(null.as_fd(), |f| f.as_fd()),
-            input.as_ref().map_or(null.as_fd(), |f| f.as_fd()),
-        ]
-        .iter()
-        .map(|fd| dup_high(fd.as_raw_fd()))
-        .collect::<io::Result<_>>()?;
-        let raw: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
-        let targets = [
-            fds::CONTROL,
-            fds::STDOUT,
-            fds::STDERR,
-            fds::LOCK,
-            fds::INPUT,
+        let handed: [OwnedFd; process::HANDED] = [
+            dup_high(theirs.as_raw_fd())?,
+            dup_high(stdout.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+            dup_high(stderr.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+            dup_high(lock.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+            dup_high(input.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
         ];
-
-        let mut cmd = std::process::Command::new(&cfg.helper);
-        cmd.arg("__sandbox")
-            .stdin(StdStdio::null())
-            .stdout(StdStdio::null())
-            .stderr(StdStdio::inherit())
-            // Own process group: a terminal's Ctrl-C reaches the caller,
-            // which then stops the sandbox in order.
-            .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls dup2, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                for (src, dst) in raw.iter().zip(targets) {
-                    if libc::dup2(*src, dst) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            exe: cfg.helper.clone(),
-            source,
-        })?;
-        drop(handed);
-        drop(input);
+        let null = dup_high(null.as_raw_fd())?;
+        let child =
+            process::start(&cfg.helper, &handed, &null).map_err(|source| SandboxError::Spawn {
+                exe: cfg.helper.clone(),
+                source,
+            })?;
+        drop((handed, null, input));
         drop(theirs);
 
         tracing::debug!(pid = child.id(), "sandbox helper spawned");
@@ -276,7 +245,7 @@ impl Helper {
         }
         tracing::debug!("helper in its user namespace; writing id maps");
         if let Err(e) = cfg.maps.apply(h.child.id()) {
-            let _ = h.child.kill();
+            h.child.kill();
             let _ = h.child.wait();
             return Err(e.into());
         }
@@ -437,8 +406,8 @@ impl Sandbox {
 /// when asked). Leftovers owned by subordinate ids are removed from inside
 /// a user namespace.
 fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool) {
-    let (upper, work, rootfs, bundle, state) = rundir::layout(&dir.path);
-    let mut remove: Vec<PathBuf> = vec![work, rootfs, bundle, state];
+    let (upper, work, scratch) = rundir::layout(&dir.path);
+    let mut remove: Vec<PathBuf> = vec![work, scratch];
     if !keep_upper {
         remove.push(upper);
     }
