@@ -553,3 +553,34 @@ async fn live_logs_survive_a_dropped_websocket_without_losing_lines() {
     assert!(lines.iter().all(|l| !l.contains("dropped")), "{lines:#?}");
     serve.stop();
 }
+
+/// A bundle the site's storage refuses (404): the job fails at once with
+/// Codabench's "Problem fetching" message naming the bundle, and nothing
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_the_storage_refuses_fails_the_job_naming_it() {
+    let queue = unique_queue("e2e-get404");
+    let serve = Serve::start("serve-get404", &queue);
+    let site = demo_site(513).await;
+    site.fail_get("input_data.zip", 404, 100);
+    let t = Instant::now();
+    publish(&queue, &prediction_args(&site, IMAGE, 60));
+    let st = wait_for_status(&site, &serve, "Failed", 60).await;
+    assert_eq!(st.last().map(String::as_str), Some("Failed"), "{st:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    let details = site
+        .patches()
+        .last()
+        .unwrap()
+        .get("status_details")
+        .unwrap()
+        .to_string();
+    assert!(details.starts_with("Problem fetching http://"), "{details}");
+    assert!(details.contains("input_data.zip"), "{details}");
+    assert!(site.uploads().is_empty(), "{:?}", site.uploads().len());
+    serve.stop();
+}
