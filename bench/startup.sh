@@ -61,7 +61,8 @@ if [ -z "${BENCH_SKIP_YOUKI:-}" ] && { command -v youki >/dev/null || [ -x "$HOM
   cmds+=(-n youki "timeout 20 $W/youki-bin --root $W/youki run --bundle $W/ybundle bench-youki")
 fi
 if command -v podman >/dev/null; then
-  cmds+=(-n podman "podman run --rm --network none --rootfs $R true")
+  # runc as its runtime: crun refuses hybrid cgroup hosts such as these.
+  cmds+=(-n podman "podman --runtime runc run --rm --network none --rootfs $R true")
 fi
 # Names and commands come in pairs for hyperfine.
 args=(); i=0
