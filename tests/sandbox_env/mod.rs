@@ -79,6 +79,7 @@ fn setup() -> Env {
     let gid = id_of(&user, "-g");
     let (subuid_start, subuid_count) = subuid_range(&user);
 
+    remove_dead_work_dirs();
     let work = std::env::temp_dir().join(format!("cw-sandbox-tests-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
@@ -104,6 +105,27 @@ fn setup() -> Env {
         cgroup_parent: std::env::var("COMPUTE_WORKER_TEST_CGROUP")
             .unwrap_or_else(|_| "/cw-test".into()),
         as_root,
+    }
+}
+
+/// The work directories of earlier test processes that are gone (each
+/// holds a copy of the binary and a rootfs: they would fill the disk).
+fn remove_dead_work_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cw-sandbox-tests-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
