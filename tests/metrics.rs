@@ -76,14 +76,7 @@ async fn metrics_show_a_running_job_then_its_outcome_and_phase_times() {
     );
 
     let site = FakeSite::start(520, 7).await;
-    let args = submission_only_args(
-        &site,
-        "metrics-submission",
-        "sh -c 'sleep 3.777; echo odd > /app/output/predictions.txt'",
-        60,
-    );
-    publish(&queue, &args);
-    serve.wait_for_process("sleep 3.777").await;
+    publish_sleeper(&serve, &queue, &site, "metrics-submission", "3.777").await;
     let busy = scrape(&addr).await.expect("scrape during the job");
     assert_eq!(
         sample(&busy, "compute_worker_slots_busy"),

@@ -270,14 +270,7 @@ async fn sigterm_drains_then_gives_the_job_back_to_another_worker() {
         &[("COMPUTE_WORKER_DRAIN_TIMEOUT", "1s")],
     );
     let site = FakeSite::start(508, 7).await;
-    let args = submission_only_args(
-        &site,
-        "sigterm-submission",
-        "sh -c 'sleep 4.321; echo odd > /app/output/predictions.txt'",
-        60,
-    );
-    publish(&queue, &args);
-    first.wait_for_process("sleep 4.321").await;
+    publish_sleeper(&first, &queue, &site, "sigterm-submission", "4.321").await;
     // SIGTERM: the job may run for the 1 s drain, then it is killed and
     // its task goes back to the queue; the worker exits cleanly.
     first.sigterm();
@@ -444,14 +437,7 @@ async fn a_drained_job_finishes_and_a_second_sigterm_is_immediate() {
     let queue = unique_queue("e2e-drain");
     let mut serve = Serve::start("serve-drain", &queue);
     let site = FakeSite::start(509, 7).await;
-    let args = submission_only_args(
-        &site,
-        "drain-submission",
-        "sh -c 'sleep 2.345; echo odd > /app/output/predictions.txt'",
-        60,
-    );
-    publish(&queue, &args);
-    serve.wait_for_process("sleep 2.345").await;
+    publish_sleeper(&serve, &queue, &site, "drain-submission", "2.345").await;
     serve.sigterm();
     let status = serve.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", serve.log());

@@ -313,6 +313,15 @@ pub async fn publish_fast(conn: &lapin::Connection, queue: &str, run_args: &Valu
 
 /// Run args of a prediction step whose only bundle is a submission running
 /// `command` (from its `metadata`), with no ingestion program.
+/// Publish a prediction whose program sleeps `secs` (a number unique to
+/// the test, so that its process can be found) and then writes a
+/// prediction; return once the program runs.
+pub async fn publish_sleeper(serve: &Serve, queue: &str, site: &FakeSite, name: &str, secs: &str) {
+    let command = format!("sh -c 'sleep {secs}; echo odd > /app/output/predictions.txt'");
+    publish(queue, &submission_only_args(site, name, &command, 60));
+    serve.wait_for_process(&format!("sleep {secs}")).await;
+}
+
 pub fn submission_only_args(site: &FakeSite, name: &str, command: &str, limit: u64) -> Value {
     let sub = user_dir(name, 0o755);
     fs::write(sub.join("metadata"), format!("command: {command}\n")).unwrap();
