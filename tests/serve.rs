@@ -217,13 +217,7 @@ async fn a_failing_scoring_program_and_missing_scores_fail() {
         assert_eq!(st.last().map(String::as_str), Some("Failed"), "{st:?}");
         assert!(!st.contains(&"Finished".to_string()));
         assert!(site.scores().is_empty());
-        let details = site
-            .patches()
-            .last()
-            .unwrap()
-            .get("status_details")
-            .unwrap()
-            .to_string();
+        let details = site.last_details();
         if id == 505 {
             assert!(details.contains("exit code 3"), "{details}");
             let err = site.upload("scoring_stderr.txt").expect("stderr uploaded");
@@ -250,13 +244,7 @@ async fn a_bad_zip_fails_fast() {
         "took {:?}",
         t.elapsed()
     );
-    let details = site
-        .patches()
-        .last()
-        .unwrap()
-        .get("status_details")
-        .unwrap()
-        .to_string();
+    let details = site.last_details();
     assert!(details.contains("Bad or empty zip file"), "{details}");
     serve.stop();
 }
@@ -391,7 +379,7 @@ async fn the_soft_time_limit_fails_the_job_and_kills_it() {
         patches.iter().all(|p| p.get("type").is_none()),
         "{patches:?}"
     );
-    let details = patches.last().unwrap().get("status_details").unwrap();
+    let details = site.last_details();
     assert!(
         details.starts_with("Soft time limit exceeded!"),
         "{details}"
@@ -558,13 +546,7 @@ async fn a_bundle_the_storage_refuses_fails_the_job_naming_it() {
         "took {:?}",
         t.elapsed()
     );
-    let details = site
-        .patches()
-        .last()
-        .unwrap()
-        .get("status_details")
-        .unwrap()
-        .to_string();
+    let details = site.last_details();
     assert!(details.starts_with("Problem fetching http://"), "{details}");
     assert!(details.contains("input_data.zip"), "{details}");
     assert!(site.uploads().is_empty(), "{:?}", site.uploads().len());

@@ -570,6 +570,16 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cached URLs, least recently used first.
+    fn urls_in(cache: &BundleCache) -> Vec<String> {
+        cache
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.1.url)
+            .collect()
+    }
     use std::io::Read;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
@@ -827,24 +837,14 @@ mod tests {
         set_last_used(&cache, &urls[0], 3_000);
 
         drop(origins[3].fetch(&cache, &urls[3]).await);
-        let left: Vec<String> = cache
-            .entries()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.1.url)
-            .collect();
+        let left: Vec<String> = urls_in(&cache);
         assert_eq!(left, [urls[2].clone(), urls[0].clone(), urls[3].clone()]);
         assert_eq!(cache.total_bytes().unwrap(), 3 * size);
 
         // A hit refreshes the entry: 2 is now the most recent, 0 the oldest.
         assert!(origins[2].fetch(&cache, &urls[2]).await.hit());
         drop(origins[1].fetch(&cache, &urls[1]).await);
-        let left: Vec<String> = cache
-            .entries()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.1.url)
-            .collect();
+        let left: Vec<String> = urls_in(&cache);
         assert_eq!(left, [urls[3].clone(), urls[2].clone(), urls[1].clone()]);
         assert_eq!(origins[1].count(), 2);
     }
@@ -870,12 +870,7 @@ mod tests {
         // dropping the least recently used one.
         assert_eq!(cache.evict().unwrap(), 1);
         assert!(cache.total_bytes().unwrap() <= cache.max_bytes());
-        let left: Vec<String> = cache
-            .entries()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.1.url)
-            .collect();
+        let left: Vec<String> = urls_in(&cache);
         assert_eq!(left, ["http://site/b.zip"]);
 
         // A bound of zero keeps nothing that is not in use.

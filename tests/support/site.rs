@@ -213,6 +213,14 @@ impl FakeSite {
         self.inner.lock().unwrap().patches.clone()
     }
     /// The `status` values of accepted PATCHes, in order.
+    /// `status_details` of the last PATCH (the message a participant reads).
+    pub fn last_details(&self) -> String {
+        self.patches()
+            .last()
+            .and_then(|p| p.get("status_details"))
+            .unwrap_or_default()
+            .to_string()
+    }
     pub fn statuses(&self) -> Vec<String> {
         self.patches()
             .iter()
