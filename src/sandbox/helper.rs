@@ -125,6 +125,7 @@ fn run_helper() -> Result<()> {
             id,
             rundir,
             cgroup,
+            seccomp,
         } => {
             let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
             if run.network == Network::None {
@@ -143,6 +144,7 @@ fn run_helper() -> Result<()> {
                         id,
                         rundir,
                         cgroup,
+                        seccomp,
                     };
                     std::process::exit(keeper.main())
                 }
@@ -213,6 +215,7 @@ struct Keeper {
     id: String,
     rundir: PathBuf,
     cgroup: Option<Delegation>,
+    seccomp: Option<super::seccomp::Program>,
 }
 
 /// Why the keeper stopped waiting.
@@ -308,6 +311,9 @@ impl Keeper {
             .with_stderr(dup_fd(fds::STDERR)?)
             .validate_id()
             .context("container id")?
+            .with_executor(super::seccomp::Executor {
+                program: self.seccomp.take(),
+            })
             .as_init(&bundle)
             .with_systemd(false)
             .with_detach(true)

@@ -23,6 +23,7 @@ use std::io::{self, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
 
@@ -45,6 +46,8 @@ pub struct SandboxConfig {
     /// The `compute-worker` binary (started as the helper).
     pub helper: PathBuf,
     pub maps: IdMaps,
+    /// The seccomp filter, loaded (or compiled) at the first run.
+    seccomp: Arc<OnceLock<Result<Option<seccomp::Program>, String>>>,
 }
 
 #[derive(Debug, Error)]
@@ -99,7 +102,20 @@ impl SandboxConfig {
                 source,
             })?,
             maps: IdMaps::for_current_user()?,
+            seccomp: Arc::default(),
         })
+    }
+
+    /// The seccomp filter every run gets (`None` in a build without the
+    /// `seccomp` feature): compiled once, cached in the state directory.
+    fn seccomp_program(&self) -> Result<Option<seccomp::Program>, SandboxError> {
+        self.seccomp
+            .get_or_init(|| seccomp::default_program(&self.state_dir))
+            .clone()
+            .map_err(|message| SandboxError::Setup {
+                message,
+                code: exit_code::SANDBOX_ERROR,
+            })
     }
 
     /// Remove what crashed runs left behind: run directories (whose files
@@ -324,6 +340,7 @@ impl Sandbox {
         stdout: Output,
         stderr: Output,
     ) -> Result<Sandbox, SandboxError> {
+        let seccomp = cfg.seccomp_program()?;
         let rundir = RunDir::create(&cfg.state_dir).map_err(|source| SandboxError::RunDir {
             dir: cfg.state_dir.clone(),
             source,
@@ -337,6 +354,7 @@ impl Sandbox {
             id: rundir.id.clone(),
             rundir: rundir.path.clone(),
             cgroup: cfg.cgroup.clone(),
+            seccomp,
         };
         let started = Helper::spawn(
             cfg,

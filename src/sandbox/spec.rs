@@ -3,6 +3,8 @@
 //! The container is created from inside the worker's own user namespace
 //! (podman's model), so the spec carries no user namespace and no id maps,
 //! and never any device cgroup rule (they break rootless youki on cgroup v1).
+//! Nor any seccomp profile: the filter is compiled once and installed by the
+//! init process's executor (see `seccomp.rs`).
 
 use std::path::Path;
 
@@ -63,9 +65,6 @@ pub fn build(
         "readonlyPaths": READONLY_PATHS,
         "rootfsPropagation": "private",
     });
-    if cfg!(feature = "seccomp") {
-        linux["seccomp"] = super::seccomp::default_profile();
-    }
     if let Some(cg) = cgroup {
         linux["cgroupsPath"] = json!(cg.path);
         if !run.limits.is_empty() {

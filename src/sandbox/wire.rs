@@ -28,6 +28,8 @@ pub enum Task {
         id: String,
         rundir: PathBuf,
         cgroup: Option<Delegation>,
+        /// The seccomp filter the program runs under.
+        seccomp: Option<super::seccomp::Program>,
     },
     /// Delete directories whose files belong to subordinate ids.
     Remove { paths: Vec<PathBuf> },
