@@ -280,11 +280,11 @@ mod compiled {
         }
         // Through a pipe: libseccomp 2.5 exports to a file descriptor only.
         // (The program is at most 32 KiB: it fits in the pipe's buffer.)
-        let (mut r, w) = std::io::pipe()?;
+        let (r, w) = nix::unistd::pipe()?;
         ctx.export_bpf(&w)?;
         drop(w);
         let mut program = Vec::new();
-        r.read_to_end(&mut program)?;
+        fs::File::from(r).read_to_end(&mut program)?;
         Ok(program)
     }
 
