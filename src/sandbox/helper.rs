@@ -124,6 +124,7 @@ fn run_helper() -> Result<()> {
             run,
             id,
             rundir,
+            scratch,
             cgroup,
             seccomp,
         } => {
@@ -143,6 +144,7 @@ fn run_helper() -> Result<()> {
                         run: *run,
                         id,
                         rundir,
+                        scratch,
                         cgroup,
                         seccomp,
                     };
@@ -214,6 +216,7 @@ struct Keeper {
     run: RunSpec,
     id: String,
     rundir: PathBuf,
+    scratch: PathBuf,
     cgroup: Option<Delegation>,
     seccomp: Option<super::seccomp::Program>,
 }
@@ -230,8 +233,9 @@ impl Keeper {
     fn main(mut self) -> i32 {
         // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-        let (upper, work, scratch) = super::rundir::layout(&self.rundir);
+        let (upper, work) = super::rundir::layout(&self.rundir);
         let cgroup_path = self.cgroup.as_ref().map(|d| d.run_path(&self.id));
+        let scratch = self.scratch.clone();
         let event = match self.setup_and_run(&scratch, cgroup_path.as_deref()) {
             Ok(outcome) => Event::Finished { outcome },
             Err(e) => {
@@ -258,9 +262,7 @@ impl Keeper {
             let _ = remove_tree(&work);
         });
         if wire::send(&mut self.control, &event).is_err() {
-            // The caller is gone and will not clean up: leave nothing (the
-            // mount point can only go once nothing is mounted on it).
-            let _ = nix::mount::umount2(&scratch, nix::mount::MntFlags::MNT_DETACH);
+            // The caller is gone and will not clean up: leave nothing.
             let _ = remove_tree(&self.rundir);
             return 1;
         }
@@ -359,7 +361,7 @@ impl Keeper {
     }
 
     fn mount_rootfs(&self, rootfs: &Path) -> Result<()> {
-        let (upper, work, _) = super::rundir::layout(&self.rundir);
+        let (upper, work) = super::rundir::layout(&self.rundir);
         // `volatile`: no sync of the upper layer at unmount. The layer is
         // thrown away after the run, and that sync costs milliseconds.
         mount_overlay(
@@ -413,8 +415,9 @@ impl Keeper {
     }
 }
 
-/// Mount the keeper's scratch tmpfs on `mount_point` (on the run
-/// directory's disk) and make `dirs` in it.
+/// Mount the keeper's scratch tmpfs on `mount_point` (a directory every run
+/// shares: the mount exists in this mount namespace only) and make `dirs`
+/// in it.
 fn mount_scratch<const N: usize>(mount_point: &Path, dirs: [&Path; N]) -> Result<()> {
     mount(
         Some("tmpfs"),

@@ -353,6 +353,7 @@ impl Sandbox {
             run: Box::new(run.clone()),
             id: rundir.id.clone(),
             rundir: rundir.path.clone(),
+            scratch: rundir.scratch.clone(),
             cgroup: cfg.cgroup.clone(),
             seccomp,
         };
@@ -424,8 +425,8 @@ impl Sandbox {
 /// when asked). Leftovers owned by subordinate ids are removed from inside
 /// a user namespace.
 fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool) {
-    let (upper, work, scratch) = rundir::layout(&dir.path);
-    let mut remove: Vec<PathBuf> = vec![work, scratch];
+    let (upper, work) = rundir::layout(&dir.path);
+    let mut remove: Vec<PathBuf> = vec![work];
     if !keep_upper {
         remove.push(upper);
     }

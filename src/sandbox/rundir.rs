@@ -1,7 +1,9 @@
 //! Per-run directories under `<state dir>/runs/`: the overlay upper and work
-//! directories and the mount point of the keeper's scratch tmpfs (which
-//! holds the merged rootfs, the OCI bundle and libcontainer's state). A run
-//! holds an exclusive flock on its `lock` file
+//! directories. Everything else of a run (the merged rootfs, the OCI bundle,
+//! libcontainer's state) lives in the keeper's scratch tmpfs, mounted in the
+//! keeper's own mount namespace on `<state dir>/scratch`, a directory every
+//! run shares and none removes. A run holds an exclusive flock on its `lock`
+//! file
 //! for as long as any of its processes lives, so a directory whose lock can
 //! be taken belongs to a crashed run and may be removed.
 
@@ -20,6 +22,8 @@ pub struct RunDir {
     pub id: String,
     pub path: PathBuf,
     pub lock: File,
+    /// Where the keeper mounts its scratch tmpfs.
+    pub scratch: PathBuf,
 }
 
 fn runs_dir(state_dir: &Path) -> PathBuf {
@@ -40,6 +44,8 @@ impl RunDir {
     pub fn create(state_dir: &Path) -> io::Result<RunDir> {
         let runs = runs_dir(state_dir);
         fs::create_dir_all(&runs)?;
+        let scratch = state_dir.join("scratch");
+        fs::create_dir_all(&scratch)?;
         loop {
             let id = random_id()?;
             let path = runs.join(&id);
@@ -55,11 +61,16 @@ impl RunDir {
                 .write(true)
                 .open(tmp.join("lock"))?;
             try_flock(&lock, libc::LOCK_EX)?;
-            for sub in ["upper", "work", "rootfs"] {
+            for sub in ["upper", "work"] {
                 fs::create_dir(tmp.join(sub))?;
             }
             fs::rename(&tmp, &path)?;
-            return Ok(RunDir { id, path, lock });
+            return Ok(RunDir {
+                id,
+                path,
+                lock,
+                scratch,
+            });
         }
     }
 
@@ -69,15 +80,18 @@ impl RunDir {
 }
 
 /// Sub-directory layout shared by the caller and the helper: the upper and
-/// work directories, and the scratch mount point.
+/// work directories.
 ///
 /// Every other directory of a run lives in the scratch tmpfs the keeper
 /// mounts in its own mount namespace (see [`scratch_layout`]): on a disk
 /// mounted with `discard`, creating and removing a directory costs a
 /// synchronous discard of its block (milliseconds on a busy host), and
-/// nothing of them needs to outlive the keeper.
-pub fn layout(path: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (path.join("upper"), path.join("work"), path.join("rootfs"))
+/// nothing of them needs to outlive the keeper. Its mount point is shared
+/// and kept: removing a directory that is a mount point in another (still
+/// live) mount namespace makes the kernel detach that mount then and there,
+/// which cost the caller a millisecond at the end of every run.
+pub fn layout(path: &Path) -> (PathBuf, PathBuf) {
+    (path.join("upper"), path.join("work"))
 }
 
 /// The merged rootfs, the OCI bundle and libcontainer's state directory

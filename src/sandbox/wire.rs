@@ -27,6 +27,8 @@ pub enum Task {
         run: Box<RunSpec>,
         id: String,
         rundir: PathBuf,
+        /// Mount point of the keeper's scratch tmpfs.
+        scratch: PathBuf,
         cgroup: Option<Delegation>,
         /// The seccomp filter the program runs under.
         seccomp: Option<super::seccomp::Program>,
