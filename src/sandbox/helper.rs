@@ -133,11 +133,14 @@ fn run_helper() -> Result<()> {
                 flags |= CloneFlags::CLONE_NEWNET;
             }
             unshare(flags).context("unshare(mount, pid, net namespaces)")?;
+            // The keeper's word that the sandbox is gone: see `Keeper::main`.
+            let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             // SAFETY: this process is single-threaded (a fresh exec of the
             // binary, or a fork of a single-threaded caller, that has
             // started no threads), so fork is sound.
             match unsafe { fork() }.context("fork")? {
                 ForkResult::Child => {
+                    drop(done_r);
                     let keeper = Keeper {
                         control,
                         reader,
@@ -148,12 +151,29 @@ fn run_helper() -> Result<()> {
                         cgroup,
                         seccomp,
                     };
-                    std::process::exit(keeper.main())
+                    std::process::exit(keeper.main(File::from(done_w)))
                 }
                 ForkResult::Parent { child } => {
-                    drop(reader);
+                    drop((reader, done_w));
+                    let word = read_word(File::from(done_r));
+                    // Every process of the sandbox is gone (the keeper said
+                    // so, or it died, and its pid namespace with it): remove
+                    // the overlay's upper and work directories while the
+                    // keeper exits (its mount namespace, the costlier part
+                    // of its exit, goes then). One after the other: a
+                    // process that unshared a pid namespace cannot start
+                    // threads.
+                    let (upper, work) = super::rundir::layout(&rundir);
+                    if !run.keep_upper {
+                        let _ = remove_tree(&upper);
+                    }
+                    let _ = remove_tree(&work);
                     let status = waitpid(child, None).context("waiting for the keeper")?;
-                    if !matches!(status, WaitStatus::Exited(_, 0)) {
+                    if word == Some(CALLER_GONE) {
+                        // Nobody will clean up after us: leave nothing.
+                        let _ = remove_tree(&rundir);
+                    }
+                    if word.is_none() {
                         let _ = wire::send(
                             &mut control,
                             &Event::Failed {
@@ -165,6 +185,23 @@ fn run_helper() -> Result<()> {
                     Ok(())
                 }
             }
+        }
+    }
+}
+
+/// The keeper's last word to the helper: it reported to the caller.
+const REPORTED: u8 = b'r';
+/// The keeper's last word to the helper: the caller is gone.
+const CALLER_GONE: u8 = b'g';
+
+/// One byte from the keeper, or `None` when it died without a word.
+fn read_word(mut pipe: File) -> Option<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        match std::io::Read::read(&mut pipe, &mut b) {
+            Ok(1) => return Some(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return None,
         }
     }
 }
@@ -229,11 +266,12 @@ enum Stop {
 }
 
 impl Keeper {
-    /// Returns the keeper's exit code: 0 once it has reported to the caller.
-    fn main(mut self) -> i32 {
+    /// Returns the keeper's exit code: 0 once it has reported to the
+    /// caller. Its last act is a word to the helper on `done` (which then
+    /// removes the run's upper and work directories).
+    fn main(mut self, mut done: File) -> i32 {
         // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-        let (upper, work) = super::rundir::layout(&self.rundir);
         let cgroup_path = self.cgroup.as_ref().map(|d| d.run_path(&self.id));
         let scratch = self.scratch.clone();
         let event = match self.setup_and_run(&scratch, cgroup_path.as_deref()) {
@@ -250,23 +288,15 @@ impl Keeper {
         }
         // No umount: the scratch tmpfs and the overlay go with this mount
         // namespace when the keeper exits, and each explicit umount waits
-        // for an RCU grace period. The overlay's upper and work directories
-        // can go now: nothing uses them any more. Side by side: on a disk
-        // mounted with `discard`, each directory's removal waits for the
-        // disk, and the two waits overlap. (No fork follows: a thread is
-        // fine here.)
-        std::thread::scope(|s| {
-            if !self.run.keep_upper {
-                s.spawn(|| remove_tree(&upper));
-            }
-            let _ = remove_tree(&work);
-        });
-        if wire::send(&mut self.control, &event).is_err() {
-            // The caller is gone and will not clean up: leave nothing.
-            let _ = remove_tree(&self.rundir);
-            return 1;
+        // for an RCU grace period.
+        let reported = wire::send(&mut self.control, &event).is_ok();
+        let word = if reported { REPORTED } else { CALLER_GONE };
+        let _ = std::io::Write::write_all(&mut done, &[word]);
+        if reported {
+            0
+        } else {
+            1
         }
-        0
     }
 
     fn setup_and_run(&mut self, scratch: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {

@@ -409,13 +409,10 @@ impl Sandbox {
         };
         tracing::debug!(?result, "sandbox finished");
         let crashed = matches!(result, Err(SandboxError::Helper(_)));
-        if crashed {
-            let _ = self.helper.child.wait();
-        }
-        // Every process of the sandbox is gone once it reports; its run
-        // directory can go while the helper tears its namespaces down.
-        finish_rundir(cfg, self.rundir, self.keep_upper && !crashed);
+        // The helper removes the overlay's directories as the keeper exits;
+        // what is left of the run directory goes once it is gone.
         let _ = self.helper.child.wait();
+        finish_rundir(cfg, self.rundir, self.keep_upper && !crashed);
         tracing::debug!("run directory removed, helper gone");
         result
     }
