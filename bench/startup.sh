@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Container start-to-exit of busybox `true`, rootless, whole process:
 # `compute-worker exec` against runc, podman and youki (where installed),
-# plus the bare-process floor and the in-process library cost.
+# plus the bare-process floor and the in-process library cost. The commands
+# run interleaved (bench/interleave.py); the table gives medians and ratios
+# to runc.
 # Run as root on a host prepared by scripts/dev-setup.sh; everything is run
 # as the unprivileged test user. Prints a markdown table.
 #
@@ -10,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-100}
 USER_NAME=${COMPUTE_WORKER_TEST_USER:-cwtest}
-command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
 command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null
 cargo build --release --benches -q
 BIN_SRC=target/release/compute-worker
@@ -50,33 +51,22 @@ json.dump(s, open(ydst, "w"))
 PY
 chown -R "$USER_NAME:" "$W/bundle/config.json" "$W/ybundle"
 
-cmds=(-n floor "/bin/true"
-      -n compute-worker "timeout 20 $W/compute-worker exec --state-dir $W/state --rootfs $R -- true"
-      -n "compute-worker --network host" "timeout 20 $W/compute-worker exec --state-dir $W/state --network host --rootfs $R -- true"
-      -n runc "timeout 20 runc --root $W/runc run --bundle $W/bundle bench-runc")
+cmds=("floor=/bin/true"
+      "compute-worker=timeout 20 $W/compute-worker exec --state-dir $W/state --rootfs $R -- true"
+      "compute-worker --network host=timeout 20 $W/compute-worker exec --state-dir $W/state --network host --rootfs $R -- true"
+      "runc=timeout 20 runc --root $W/runc run --bundle $W/bundle bench-runc")
 # youki 0.7 sometimes hangs in `run` on these hosts (its process is left
 # behind); BENCH_SKIP_YOUKI=1 leaves it out.
 if [ -z "${BENCH_SKIP_YOUKI:-}" ] && { command -v youki >/dev/null || [ -x "$HOME/.cargo/bin/youki" ]; }; then
   Y=$(command -v youki || echo "$HOME/.cargo/bin/youki"); cp "$Y" "$W/youki-bin"; chown "$USER_NAME:" "$W/youki-bin"
-  cmds+=(-n youki "timeout 20 $W/youki-bin --root $W/youki run --bundle $W/ybundle bench-youki")
+  cmds+=("youki=timeout 20 $W/youki-bin --root $W/youki run --bundle $W/ybundle bench-youki")
 fi
 if command -v podman >/dev/null; then
   # runc as its runtime: crun refuses hybrid cgroup hosts such as these.
-  cmds+=(-n podman "podman --runtime runc run --rm --network none --rootfs $R true")
+  cmds+=("podman=podman --runtime runc run --rm --network none --rootfs $R true")
 fi
-# Names and commands come in pairs for hyperfine.
-args=(); i=0
-while [ $i -lt ${#cmds[@]} ]; do args+=("${cmds[$i]}" "${cmds[$((i+1))]}" "${cmds[$((i+2))]}"); i=$((i+3)); done
-as_user hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$W/result.json" "${args[@]}" >&2
-
-python3 - "$W/result.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-runc = r.get("runc", {}).get("median")
-print("| runtime | median start-to-exit (s) | ratio to runc |")
-print("|---|---|---|")
-for name, x in r.items():
-    ratio = f"{x['median']/runc:.2f}×" if runc else "n/a"
-    print(f"| {name} | {x['median']:.4f} | {ratio} |")
-PY
+# Interleaved: each iteration runs every command once, in a random order
+# (see bench/interleave.py).
+cp bench/interleave.py "$W/interleave.py"
+as_user /usr/bin/python3 "$W/interleave.py" "$RUNS" runc "${cmds[@]}"
 as_user "$W/sandbox_start" "$W/compute-worker" "$R" "$W/state" "$RUNS"
