@@ -445,18 +445,23 @@ impl Keeper {
     }
 }
 
-/// Mount the keeper's scratch tmpfs on `mount_point` (a directory every run
-/// shares: the mount exists in this mount namespace only) and make `dirs`
-/// in it.
-fn mount_scratch<const N: usize>(mount_point: &Path, dirs: [&Path; N]) -> Result<()> {
+/// A nosuid, nodev, noexec tmpfs with `options` on `mount_point`.
+fn mount_tmpfs(mount_point: &Path, options: &str) -> nix::Result<()> {
     mount(
         Some("tmpfs"),
         mount_point,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=700,size=16m"),
+        Some(options),
     )
-    .with_context(|| format!("mounting a scratch tmpfs on {}", mount_point.display()))?;
+}
+
+/// Mount the keeper's scratch tmpfs on `mount_point` (a directory every run
+/// shares: the mount exists in this mount namespace only) and make `dirs`
+/// in it.
+fn mount_scratch<const N: usize>(mount_point: &Path, dirs: [&Path; N]) -> Result<()> {
+    mount_tmpfs(mount_point, "mode=700,size=16m")
+        .with_context(|| format!("mounting a scratch tmpfs on {}", mount_point.display()))?;
     for d in dirs {
         fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -583,14 +588,8 @@ fn hide_v1_cgroups() -> Result<()> {
 /// Cover a v1 hierarchy with a tmpfs (see `Delegation::v1_masked`) that
 /// holds just the files libcontainer writes for a run there.
 fn mask_hierarchy(mount_point: &Path, run_path: &Path) -> Result<()> {
-    mount(
-        Some("tmpfs"),
-        mount_point,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=755,size=1m"),
-    )
-    .with_context(|| format!("masking cgroup hierarchy {}", mount_point.display()))?;
+    mount_tmpfs(mount_point, "mode=755,size=1m")
+        .with_context(|| format!("masking cgroup hierarchy {}", mount_point.display()))?;
     let dir = mount_point.join(run_path.strip_prefix("/").unwrap_or(run_path));
     fs::create_dir_all(&dir)?;
     for f in ["cgroup.procs", "tasks", "devices.allow", "devices.deny"] {
