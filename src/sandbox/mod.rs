@@ -1,15 +1,17 @@
 //! Rootless sandboxes: run one program in a youki (libcontainer) container
 //! as an ordinary user.
 //!
-//! [`Sandbox::start`] spawns the helper process (`compute-worker __sandbox`,
-//! see [`helper`]), gives its user namespace the caller's subordinate ids,
-//! and returns once the program runs. The caller keeps only a socket and the
-//! program's output pipes: no fork happens in the caller, so it may have any
-//! number of threads (tokio included).
+//! [`Sandbox::start`] starts the run's keeper in new namespaces (see
+//! `process.rs`: a clone of a single-threaded caller, or through the
+//! `compute-worker __sandbox` launcher for a caller with threads, tokio
+//! included), gives its user namespace the caller's subordinate ids, and
+//! returns once the program runs. The caller keeps only a socket, the
+//! program's output pipes and the run directory.
 
 pub mod cgroup;
 pub mod helper;
 pub mod idmap;
+mod keeper;
 mod netns;
 mod process;
 pub mod rundir;
@@ -20,18 +22,19 @@ mod wire;
 
 use std::fs::File;
 use std::io::{self, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 
 pub use cgroup::Delegation;
 pub use idmap::IdMaps;
 pub use types::{exit_code, Bind, Limits, Network, Outcome, RunSpec};
 
-use process::HelperProcess;
+use process::{ChildProcess, Started};
 use rundir::RunDir;
 use wire::{Command, Event, Task};
 
@@ -43,7 +46,8 @@ pub struct SandboxConfig {
     pub state_dir: PathBuf,
     /// The delegated cgroup subtree, if the host has one for this user.
     pub cgroup: Option<Delegation>,
-    /// The `compute-worker` binary (started as the helper).
+    /// The `compute-worker` binary (exec'd as the launcher by callers
+    /// with threads).
     pub helper: PathBuf,
     pub maps: IdMaps,
     /// The seccomp filter, loaded (or compiled) at the first run.
@@ -56,14 +60,14 @@ pub enum SandboxError {
     IdMap(#[from] idmap::IdMapError),
     #[error("cannot create the run directory under {dir}: {source}")]
     RunDir { dir: PathBuf, source: io::Error },
-    #[error("cannot start the sandbox helper {exe}: {source}")]
+    #[error("cannot start the sandbox process ({exe}): {source}")]
     Spawn { exe: PathBuf, source: io::Error },
-    #[error("the sandbox helper stopped talking: {0}")]
+    #[error("the sandbox process stopped talking: {0}")]
     Helper(String),
     /// The sandbox could not be set up; `code` is the exit code to report.
     #[error("{message}")]
     Setup { message: String, code: i32 },
-    #[error("i/o with the sandbox helper: {0}")]
+    #[error("i/o with the sandbox process: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -143,7 +147,7 @@ impl SandboxConfig {
         }
     }
 
-    /// Run a task that answers with one event, and wait for the helper.
+    /// Run a task that answers with one event, and wait for its process.
     fn one_shot(&self, task: &Task, input: Option<OwnedFd>) -> Result<Event, SandboxError> {
         let mut h = Helper::spawn(self, task, None, None, None, input)?;
         let event = h.next_event();
@@ -210,16 +214,17 @@ impl SandboxConfig {
     }
 }
 
-/// The helper process and our end of its control socket.
+/// The sandbox process (or its launcher) and our end of its control socket.
 struct Helper {
-    child: HelperProcess,
+    /// Our child: the sandbox process, or the launcher that waits for it.
+    child: ChildProcess,
     control: UnixStream,
     events: BufReader<UnixStream>,
 }
 
 impl Helper {
-    /// Start the helper with `task`, map its user namespace, and return
-    /// once it runs as root in it.
+    /// Start the sandbox process for `task`, map its user namespace, and
+    /// return once it may run as root in it.
     fn spawn(
         cfg: &SandboxConfig,
         task: &Task,
@@ -240,34 +245,77 @@ impl Helper {
             dup_high(input.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
         ];
         let null = dup_high(null.as_raw_fd())?;
-        let child =
-            process::start(&cfg.helper, &handed, &null).map_err(|source| SandboxError::Spawn {
+        let started = process::start(&cfg.helper, task, &handed, &null).map_err(|source| {
+            SandboxError::Spawn {
                 exe: cfg.helper.clone(),
                 source,
-            })?;
+            }
+        })?;
         drop((handed, null, input));
         drop(theirs);
 
-        tracing::debug!(pid = child.id(), "sandbox helper spawned");
+        let (child, launched) = match started {
+            Started::Cloned(child) => (child, false),
+            Started::Launcher(child) => (child, true),
+        };
         let mut h = Helper {
             child,
             events: BufReader::new(ours.try_clone()?),
             control: ours,
         };
-        wire::send(&mut h.control, task)?;
-        match h.next_event()? {
-            Event::Unshared => {}
-            other => return Err(SandboxError::Helper(format!("unexpected {other:?}"))),
-        }
-        tracing::debug!("helper in its user namespace; writing id maps");
-        if let Err(e) = cfg.maps.apply(h.child.id()) {
-            h.child.kill();
-            let _ = h.child.wait();
+        let pid = if launched {
+            wire::send(&mut h.control, task)?;
+            match h.next_event()? {
+                Event::Cloned { pid } => pid as u32,
+                other => return Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+            }
+        } else {
+            h.child.id()
+        };
+        tracing::debug!(pid, "sandbox process cloned; writing id maps");
+        if let Err(e) = cfg.maps.apply(pid) {
+            h.stop();
             return Err(e.into());
         }
         wire::send(&mut h.control, &Command::Mapped)?;
         tracing::debug!("id maps written");
         Ok(h)
+    }
+
+    /// Kill our child (the sandbox process or its launcher, which takes
+    /// the sandbox process with it) and reap it.
+    fn stop(&mut self) {
+        self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The next event; while none is there, a byte readable on `interrupt`
+    /// (a signal's self-pipe) asks the sandbox to be killed.
+    fn next_event_interruptible(
+        &mut self,
+        interrupt: BorrowedFd<'_>,
+    ) -> Result<Event, SandboxError> {
+        while self.events.buffer().is_empty() {
+            let mut fds = [
+                PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
+                PollFd::new(interrupt, PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
+                Ok(_) => {}
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                break;
+            }
+            if ready(&fds[1]) {
+                let mut drain = [0u8; 64];
+                let _ = nix::unistd::read(interrupt.as_raw_fd(), &mut drain);
+                let _ = wire::send(&mut self.control, &Command::Kill);
+            }
+        }
+        self.next_event()
     }
 
     fn next_event(&mut self) -> Result<Event, SandboxError> {
@@ -277,7 +325,7 @@ impl Helper {
             None => {
                 let status = self.child.wait()?;
                 Err(SandboxError::Helper(format!(
-                    "the helper exited ({status}) without reporting"
+                    "the sandbox process exited ({status}) without reporting"
                 )))
             }
         }
@@ -365,9 +413,16 @@ impl Sandbox {
             Some(&rundir.lock),
             None,
         )
-        .and_then(|mut h| match h.next_event()? {
-            Event::Started { pid } => Ok((h, pid)),
-            other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+        .and_then(|mut h| match h.next_event() {
+            Ok(Event::Started { pid }) => Ok((h, pid)),
+            Ok(other) => {
+                h.stop();
+                Err(SandboxError::Helper(format!("unexpected {other:?}")))
+            }
+            Err(e) => {
+                h.stop();
+                Err(e)
+            }
         });
         drop((stdout_fd, stderr_fd));
         match started {
@@ -383,7 +438,8 @@ impl Sandbox {
                 })
             }
             Err(e) => {
-                finish_rundir(cfg, rundir, false);
+                // The sandbox process is gone (it failed, or was killed).
+                finish_rundir(cfg, rundir, false, || {});
                 Err(e)
             }
         }
@@ -401,27 +457,57 @@ impl Sandbox {
 
     /// Wait until the program and everything it started have ended and the
     /// sandbox is torn down.
-    pub fn wait(mut self, cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
-        let result = match self.helper.next_event() {
+    pub fn wait(self, cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+        self.wait_inner(cfg, None)
+    }
+
+    /// [`Sandbox::wait`], killing the sandbox when `interrupt` becomes
+    /// readable (the read end of a signal's self-pipe, say): a caller with
+    /// no thread to spare can still stop it on Ctrl-C.
+    pub fn wait_interruptible(
+        self,
+        cfg: &SandboxConfig,
+        interrupt: BorrowedFd<'_>,
+    ) -> Result<Outcome, SandboxError> {
+        self.wait_inner(cfg, Some(interrupt))
+    }
+
+    fn wait_inner(
+        mut self,
+        cfg: &SandboxConfig,
+        interrupt: Option<BorrowedFd<'_>>,
+    ) -> Result<Outcome, SandboxError> {
+        let event = match interrupt {
+            Some(fd) => self.helper.next_event_interruptible(fd),
+            None => self.helper.next_event(),
+        };
+        let result = match event {
             Ok(Event::Finished { outcome }) => Ok(outcome),
             Ok(other) => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
             Err(e) => Err(e),
         };
         tracing::debug!(?result, "sandbox finished");
         let crashed = matches!(result, Err(SandboxError::Helper(_)));
-        // The helper removes the overlay's directories as the keeper exits;
-        // what is left of the run directory goes once it is gone.
-        let _ = self.helper.child.wait();
-        finish_rundir(cfg, self.rundir, self.keep_upper && !crashed);
-        tracing::debug!("run directory removed, helper gone");
+        if crashed {
+            // The keeper died without its word: its pid namespace dies with
+            // it, but only its end (our child's) says that all is gone.
+            let _ = self.helper.child.wait();
+        }
+        // After its report the keeper has killed every process of the
+        // sandbox: the overlay's directories go while it exits.
+        finish_rundir(cfg, self.rundir, self.keep_upper && !crashed, || {
+            let _ = self.helper.child.wait();
+        });
+        tracing::debug!("run directory removed, sandbox gone");
         result
     }
 }
 
-/// Remove a run directory once its helper is gone (keeping the upper layer
-/// when asked). Leftovers owned by subordinate ids are removed from inside
-/// a user namespace.
-fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool) {
+/// Remove a run directory whose sandbox processes are all dead (keeping
+/// the upper layer when asked); `wait_exit` waits for the sandbox process
+/// itself to be gone, before the run's lock goes. Leftovers owned by
+/// subordinate ids are removed from inside a user namespace.
+fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool, wait_exit: impl FnOnce()) {
     let (upper, work) = rundir::layout(&dir.path);
     let mut remove: Vec<PathBuf> = vec![work];
     if !keep_upper {
@@ -429,10 +515,11 @@ fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool) {
     }
     let mut left = Vec::new();
     for p in remove {
-        if std::fs::remove_dir_all(&p).is_err() && p.exists() {
+        if rundir::remove_tree(&p).is_err() && p.exists() {
             left.push(p);
         }
     }
+    wait_exit();
     if !left.is_empty() {
         tracing::debug!(
             ?left,

@@ -1,14 +1,21 @@
-//! Starting the helper process: a fork of the caller when the caller has a
-//! single thread (`compute-worker exec` before it starts any), else a fresh
-//! exec of the binary with the hidden `__sandbox` subcommand (`serve`, whose
-//! tokio threads make a fork that goes on running Rust code unsound).
+//! Starting a sandbox's first process: the *keeper* of a run, or the process
+//! of a one-shot task (remove, unpack, probe). It is created by one
+//! `clone(2)` with every namespace it needs (a new user namespace, and for
+//! a run new mount, pid and network namespaces, the keeper being pid 1 of
+//! the pid namespace); the caller then writes the user namespace's id maps.
 //!
-//! Both give the helper the same start: the handed fds on
+//! From a single-threaded caller (`compute-worker exec` before it starts
+//! any thread) the clone is a copy of the caller that goes on running the
+//! task: no exec, no second load of the binary. A caller with threads
+//! (`serve`, with tokio) must not let a copy of itself run Rust code, so it
+//! execs the binary with the hidden `__sandbox` subcommand instead: that
+//! *launcher* reads the task, makes the same clone, tells the caller the
+//! sandbox process's pid, and waits for it.
+//!
+//! Either way the sandbox process starts with the handed fds on
 //! [`fds::CONTROL`]..[`fds::INPUT`] and no other fd above stderr, stdin and
 //! stdout on /dev/null, stderr shared with the caller, its own process
-//! group, no blocked signals and no signal handlers of the caller. A fork
-//! skips loading and relocating the binary a second time (about a
-//! millisecond of every sandbox start).
+//! group, no blocked signals and no signal handlers of the caller.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -16,12 +23,13 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::wire::fds;
+use super::wire::{fds, Task};
 
-/// Where the handed fds land in the helper, in order.
+/// Where the handed fds land in the sandbox process, in order.
 const TARGETS: [RawFd; HANDED] = [
     fds::CONTROL,
     fds::STDOUT,
@@ -30,17 +38,26 @@ const TARGETS: [RawFd; HANDED] = [
     fds::INPUT,
 ];
 
-/// How many fds the helper is handed.
+/// How many fds the sandbox process is handed.
 pub const HANDED: usize = 5;
 
-/// The helper process (a child of this process).
+/// A child of this process: the sandbox process itself, or its launcher.
 #[derive(Debug)]
-pub struct HelperProcess {
+pub struct ChildProcess {
     pid: Pid,
     status: Option<ExitStatus>,
 }
 
-impl HelperProcess {
+/// How the sandbox process was started.
+pub enum Started {
+    /// Cloned from this process: the child is the sandbox process.
+    Cloned(ChildProcess),
+    /// A launcher runs it: send it the task, and it answers with the
+    /// sandbox process's pid (`Event::Cloned`).
+    Launcher(ChildProcess),
+}
+
+impl ChildProcess {
     pub fn id(&self) -> u32 {
         self.pid.as_raw() as u32
     }
@@ -75,25 +92,76 @@ impl HelperProcess {
     }
 }
 
-/// Start the helper with `handed` (control socket, stdout, stderr, lock;
-/// each a close-on-exec fd numbered above every target) and `null` (a
-/// /dev/null opened for writing, likewise numbered high).
-pub fn start(exe: &Path, handed: &[OwnedFd; HANDED], null: &OwnedFd) -> io::Result<HelperProcess> {
+/// Start the sandbox process for `task` with `handed` (control socket,
+/// stdout, stderr, lock, input; each a close-on-exec fd numbered above
+/// every target) and `null` (a /dev/null opened for writing, likewise
+/// numbered high).
+pub fn start(
+    exe: &Path,
+    task: &Task,
+    handed: &[OwnedFd; HANDED],
+    null: &OwnedFd,
+) -> io::Result<Started> {
     let raw = handed.each_ref().map(|f| f.as_raw_fd());
     if single_threaded() {
-        fork_helper(raw, null.as_raw_fd())
+        clone_sandbox(task, raw, null.as_raw_fd()).map(Started::Cloned)
     } else {
-        exec_helper(exe, raw)
+        exec_launcher(exe, raw).map(Started::Launcher)
     }
 }
 
-/// True when this process has exactly one thread: a fork is then a full
-/// copy of it that may go on running any code.
+/// True when this process has exactly one thread: a copy of it may then go
+/// on running any code.
 fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
 }
 
-fn exec_helper(exe: &Path, raw: [RawFd; HANDED]) -> io::Result<HelperProcess> {
+/// What `clone_with` returned in one of the two processes.
+pub enum CloneResult {
+    Parent(Pid),
+    Child,
+}
+
+/// `clone(2)` with `flags` (namespaces) and fork semantics: the child is a
+/// copy of this process on a copy of its stack, and SIGCHLD tells the
+/// parent of its end.
+///
+/// # Safety
+/// This process must be single-threaded, and the child must not return
+/// into code that expects the parent's thread identity (it runs to its
+/// exit, as libcontainer's own clones do: glibc's cached thread id in the
+/// child is the parent's).
+pub unsafe fn clone_with(flags: CloneFlags) -> io::Result<CloneResult> {
+    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY (of the call): a null stack makes clone behave as fork; no
+    // pointer arguments are passed.
+    let r = libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize);
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+fn clone_sandbox(task: &Task, raw: [RawFd; HANDED], null: RawFd) -> io::Result<ChildProcess> {
+    // SAFETY: this process has a single thread (checked just before, and
+    // only this thread could have started another since), and the child
+    // never returns from `main_cloned`.
+    match unsafe { clone_with(task.clone_flags()) }? {
+        CloneResult::Child => {
+            if let Err(e) = become_sandbox_process(raw, null) {
+                eprintln!("compute-worker: cannot start the sandbox process: {e}");
+                // SAFETY: _exit ends this process without running the
+                // caller's exit handlers.
+                unsafe { libc::_exit(1) }
+            }
+            super::helper::main_cloned(task.clone())
+        }
+        CloneResult::Parent(pid) => Ok(ChildProcess { pid, status: None }),
+    }
+}
+
+fn exec_launcher(exe: &Path, raw: [RawFd; HANDED]) -> io::Result<ChildProcess> {
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("__sandbox")
         .stdin(Stdio::null())
@@ -117,37 +185,15 @@ fn exec_helper(exe: &Path, raw: [RawFd; HANDED]) -> io::Result<HelperProcess> {
     // The pid is all we keep: we wait for it ourselves (dropping a `Child`
     // neither kills nor reaps it).
     let child = cmd.spawn()?;
-    Ok(HelperProcess {
+    Ok(ChildProcess {
         pid: Pid::from_raw(child.id() as i32),
         status: None,
     })
 }
 
-fn fork_helper(raw: [RawFd; HANDED], null: RawFd) -> io::Result<HelperProcess> {
-    // SAFETY: this process has a single thread (checked just before, and
-    // only this thread could have started another since), so the child is
-    // a consistent copy of it and may run any code.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            if let Err(e) = become_helper(raw, null) {
-                eprintln!("compute-worker: cannot start the sandbox helper: {e}");
-                // SAFETY: _exit ends this process without running the
-                // caller's exit handlers.
-                unsafe { libc::_exit(1) }
-            }
-            super::helper::main_forked()
-        }
-        pid => Ok(HelperProcess {
-            pid: Pid::from_raw(pid),
-            status: None,
-        }),
-    }
-}
-
-/// In the forked child: the fds, process group and signals an exec'd
-/// helper would start with.
-fn become_helper(raw: [RawFd; HANDED], null: RawFd) -> io::Result<()> {
+/// In the cloned child: the fds, process group and signals an exec'd
+/// process would start with.
+fn become_sandbox_process(raw: [RawFd; HANDED], null: RawFd) -> io::Result<()> {
     let check = |r: libc::c_int| {
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -165,7 +211,7 @@ fn become_helper(raw: [RawFd; HANDED], null: RawFd) -> io::Result<()> {
         check(libc::dup2(null, 0))?;
         check(libc::dup2(null, 1))?;
         // Every other fd of the caller (its end of the control socket
-        // above all: the helper must see EOF when the caller dies).
+        // above all: the sandbox must see EOF when the caller dies).
         let first = (fds::INPUT + 1) as libc::c_uint;
         if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) < 0 {
             close_fds_from(first as RawFd);

@@ -143,3 +143,35 @@ fn try_flock(f: &File, op: libc::c_int) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Remove a directory tree, making its directories writable first when a
+/// plain removal fails (overlayfs makes its `work/work` mode 000, and a
+/// program may have removed the w bit of its own directories). As root of
+/// a user namespace this removes anything; as the host user, what that user
+/// owns.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_dirs_writable(path);
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn make_dirs_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            make_dirs_writable(&e.path());
+        }
+    }
+}

@@ -1,15 +1,16 @@
-//! Messages between the caller and the sandbox helper process, one JSON
-//! object per line on a Unix socket pair (fd 3 in the helper).
+//! Messages between the caller and a sandbox process (or its launcher), one
+//! JSON object per line on a Unix socket pair (fd 3 in the sandbox).
 
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 
+use nix::sched::CloneFlags;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::cgroup::Delegation;
-use super::types::{Outcome, RunSpec};
+use super::types::{Network, Outcome, RunSpec};
 
-/// File descriptors the helper is started with.
+/// File descriptors the sandbox process is started with.
 pub mod fds {
     pub const CONTROL: i32 = 3;
     pub const STDOUT: i32 = 4;
@@ -19,8 +20,8 @@ pub mod fds {
     pub const INPUT: i32 = 7;
 }
 
-/// What the helper is asked to do inside the user namespace.
-#[derive(Debug, Serialize, Deserialize)]
+/// What a sandbox process is asked to do inside its user namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Task {
     /// Run a program in a sandbox.
     Run {
@@ -47,21 +48,43 @@ pub enum Task {
     ProbeOverlay { dir: PathBuf },
 }
 
-/// Caller → helper.
+impl Task {
+    /// The namespaces the task's process is cloned into: always a user
+    /// namespace; for a run also mount, pid (its process is the keeper, pid
+    /// 1 there) and, without host network, network namespaces; for the
+    /// overlay probe a mount namespace.
+    pub fn clone_flags(&self) -> CloneFlags {
+        let user = CloneFlags::CLONE_NEWUSER;
+        match self {
+            Task::Run { run, .. } => {
+                let mut f = user | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+                if run.network == Network::None {
+                    f |= CloneFlags::CLONE_NEWNET;
+                }
+                f
+            }
+            Task::ProbeOverlay { .. } => user | CloneFlags::CLONE_NEWNS,
+            Task::Remove { .. } | Task::Unpack { .. } => user,
+        }
+    }
+}
+
+/// Caller → sandbox process.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Command {
-    /// The id maps of the helper's user namespace are written.
+    /// The id maps of the sandbox's user namespace are written.
     Mapped,
     /// Kill the sandbox now.
     Kill,
 }
 
-/// Helper → caller.
+/// Sandbox process (or launcher) → caller.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
-    /// The helper is in its new user namespace and waits for its id maps.
-    Unshared,
-    /// The program runs; `pid` is its pid in the helper's pid namespace.
+    /// From a launcher: the sandbox process is cloned (`pid` in the
+    /// caller's pid namespace) and waits for its id maps.
+    Cloned { pid: i32 },
+    /// The program runs; `pid` is its pid in the keeper's pid namespace.
     Started { pid: i32 },
     /// The program and everything it started are gone.
     Finished { outcome: Outcome },

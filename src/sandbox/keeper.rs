@@ -1,0 +1,396 @@
+//! The keeper: pid 1 of a run's outer pid namespace, root of its user
+//! namespace, owner of its mount namespace. It mounts the overlay rootfs,
+//! creates and starts the container with libcontainer, and waits for the
+//! program, the time limit or a kill request.
+//!
+//! Every process of the sandbox lives in the keeper's pid namespace, so when
+//! the keeper dies the kernel kills them all, and every mount lives in the
+//! keeper's mount namespace, so none outlives it. When its caller is gone
+//! (the control socket's end), it kills the sandbox and removes the run's
+//! directory itself.
+
+use std::fs::{self, File};
+use std::io::BufReader;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::cgroup::{self, Delegation};
+use super::helper::make_mounts_private;
+use super::rundir::remove_tree;
+use super::spec::{self, CgroupSettings};
+use super::types::{exit_code, Network, Outcome, RunSpec};
+use super::wire::{self, fds, Command, Event};
+
+/// pid 1 of the sandbox's outer pid namespace.
+pub struct Keeper {
+    pub control: UnixStream,
+    pub reader: BufReader<UnixStream>,
+    pub run: RunSpec,
+    pub id: String,
+    pub rundir: PathBuf,
+    pub scratch: PathBuf,
+    pub cgroup: Option<Delegation>,
+    pub seccomp: Option<super::seccomp::Program>,
+}
+
+/// Why the keeper stopped waiting.
+enum Stop {
+    Exited(WaitStatus),
+    TimedOut,
+    KillRequested,
+}
+
+impl Keeper {
+    /// Run the sandbox and report how it ended. Returns the keeper's exit
+    /// code: 0 once it has reported to the caller, which then removes the
+    /// run's upper and work directories while this process (and with it
+    /// the sandbox's namespaces) goes away. With the caller gone, the
+    /// keeper removes the run directory itself and returns 1.
+    pub fn main(mut self) -> i32 {
+        let cgroup_path = self.cgroup.as_ref().map(|d| d.run_path(&self.id));
+        let scratch = self.scratch.clone();
+        let event = match self.setup_and_run(&scratch, cgroup_path.as_deref()) {
+            Ok(outcome) => Event::Finished { outcome },
+            Err(e) => {
+                let message = format!("{e:#}");
+                let code = classify_error(&message);
+                Event::Failed { message, code }
+            }
+        };
+        kill_all_and_reap();
+        if let (Some(d), Some(path)) = (&self.cgroup, &cgroup_path) {
+            d.remove(path);
+        }
+        // No umount: the scratch tmpfs and the overlay go with this mount
+        // namespace when the keeper exits, and each explicit umount waits
+        // for an RCU grace period.
+        if wire::send(&mut self.control, &event).is_ok() {
+            return 0;
+        }
+        // Nobody will clean up after us: leave nothing.
+        let _ = remove_tree(&self.rundir);
+        1
+    }
+
+    fn setup_and_run(&mut self, scratch: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {
+        make_mounts_private()?;
+        if self.run.network == Network::None {
+            super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
+        }
+        let (rootfs, bundle, state) = super::rundir::scratch_layout(scratch);
+        mount_scratch(scratch, [&rootfs, &bundle, &state])?;
+        let rootfs = rootfs.as_path();
+        self.mount_rootfs(rootfs)?;
+        create_workdir(rootfs, &self.run.cwd);
+        match &self.cgroup {
+            None if cgroup::host_version() == cgroup::Version::V1 => hide_v1_cgroups()?,
+            None => {}
+            Some(d) => {
+                let run_path = d.run_path(&self.id);
+                for m in &d.v1_masked {
+                    mask_hierarchy(m, &run_path)?;
+                }
+            }
+        }
+
+        let mems = self.cgroup.as_ref().and_then(|d| d.parent_mems());
+        let cg = cgroup_path.map(|path| CgroupSettings {
+            path,
+            mems: mems.as_deref(),
+        });
+        let nofile_hard =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(_, hard)| hard)
+                .unwrap_or(1024);
+        let config = spec::build(&self.run, rootfs, cg.as_ref(), nofile_hard);
+        fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)
+            .context("writing config.json")?;
+
+        tracing::debug!("rootfs mounted, config.json written");
+        let started = Instant::now();
+        let mut container = ContainerBuilder::new(self.id.clone(), SyscallType::default())
+            .with_root_path(&state)
+            .context("libcontainer state directory")?
+            .with_stdin(open_dev_null()?)
+            .with_stdout(dup_fd(fds::STDOUT)?)
+            .with_stderr(dup_fd(fds::STDERR)?)
+            .validate_id()
+            .context("container id")?
+            .with_executor(super::seccomp::Executor {
+                program: self.seccomp.take(),
+            })
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| anyhow!("{e}"))
+            .context("creating the container")?;
+        container
+            .start()
+            .map_err(|e| anyhow!("{e}"))
+            .context("starting the container")?;
+        tracing::debug!("container created");
+        let pid = container.pid().context("the container has no pid")?;
+        wire::send(&mut self.control, &Event::Started { pid: pid.as_raw() })?;
+
+        let deadline = self.run.timeout.map(|t| started + t);
+        let stop = self.wait(pid, deadline)?;
+        let status = match stop {
+            Stop::Exited(status) => status,
+            Stop::TimedOut | Stop::KillRequested => {
+                kill_all_and_reap();
+                return Ok(if matches!(stop, Stop::TimedOut) {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Killed
+                });
+            }
+        };
+        // The program is gone: nothing else of the sandbox may live on.
+        kill_all_and_reap();
+        let ooms = match (&self.cgroup, cgroup_path) {
+            (Some(d), Some(p)) => d.oom_kills(p),
+            _ => 0,
+        };
+        // No `container.delete`: its state directory goes with the scratch
+        // tmpfs, and the run's cgroup is removed by `main`.
+        Ok(match status {
+            WaitStatus::Exited(_, code) if ooms > 0 && code != 0 => Outcome::OomKilled,
+            WaitStatus::Signaled(_, Signal::SIGKILL, _) if ooms > 0 => Outcome::OomKilled,
+            WaitStatus::Exited(_, code) => Outcome::Exited(code),
+            WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
+            other => bail!("unexpected wait status of the program: {other:?}"),
+        })
+    }
+
+    fn mount_rootfs(&self, rootfs: &Path) -> Result<()> {
+        let (upper, work) = super::rundir::layout(&self.rundir);
+        // `volatile`: no sync of the upper layer at unmount. The layer is
+        // thrown away after the run, and that sync costs milliseconds.
+        mount_overlay(
+            &self.run.layers,
+            &upper,
+            &work,
+            rootfs,
+            !self.run.keep_upper,
+        )
+    }
+
+    /// Wait for the program's exit, the deadline, or a kill request.
+    fn wait(&mut self, pid: Pid, deadline: Option<Instant>) -> Result<Stop> {
+        let pidfd = pidfd_open(pid)?;
+        let control = self.reader.get_ref().try_clone()?;
+        loop {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Stop::TimedOut);
+                    }
+                    // Round up so that we never wake just before the deadline.
+                    let ms = left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1;
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(control.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll"),
+                Ok(_) => {}
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                let status = waitpid(pid, Some(WaitPidFlag::__WALL)).context("waitpid")?;
+                return Ok(Stop::Exited(status));
+            }
+            if ready(&fds[1]) {
+                // A kill request, or the caller is gone: either way, stop.
+                match wire::recv::<Command>(&mut self.reader) {
+                    Ok(Some(Command::Mapped)) => continue,
+                    _ => return Ok(Stop::KillRequested),
+                }
+            }
+        }
+    }
+}
+
+/// A nosuid, nodev, noexec tmpfs with `options` on `mount_point`.
+fn mount_tmpfs(mount_point: &Path, options: &str) -> nix::Result<()> {
+    mount(
+        Some("tmpfs"),
+        mount_point,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
+}
+
+/// Mount the keeper's scratch tmpfs on `mount_point` (a directory every run
+/// shares: the mount exists in this mount namespace only) and make `dirs`
+/// in it.
+fn mount_scratch<const N: usize>(mount_point: &Path, dirs: [&Path; N]) -> Result<()> {
+    mount_tmpfs(mount_point, "mode=700,size=16m")
+        .with_context(|| format!("mounting a scratch tmpfs on {}", mount_point.display()))?;
+    for d in dirs {
+        fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Mount an overlay of `layers` (top first) with `upper`/`work` on
+/// `target`, as root of a user namespace (`userxattr`).
+pub fn mount_overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
+    for p in layers.iter().map(PathBuf::as_path).chain([upper, work]) {
+        let s = p.to_string_lossy();
+        if s.contains([',', ':']) || !p.is_absolute() {
+            bail!(
+                "layer path {} cannot be used in an overlay mount (it must be absolute and hold no `,` or `:`)",
+                p.display()
+            );
+        }
+        if !p.is_dir() {
+            bail!("rootfs layer {} is not a directory", p.display());
+        }
+    }
+    let lower: Vec<String> = layers
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let volatile = if volatile { ",volatile" } else { "" };
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr{volatile}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .with_context(|| format!("mounting the overlay rootfs ({opts})"))
+}
+
+/// Create the working directory in the run's upper layer when the image
+/// lacks it, as Docker and runc do. Stops at any symlink: the path must not
+/// be resolved on the host side of the rootfs.
+fn create_workdir(rootfs: &Path, cwd: &str) {
+    let mut p = rootfs.to_path_buf();
+    for part in Path::new(cwd).components() {
+        match part {
+            std::path::Component::Normal(name) => p.push(name),
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            _ => return,
+        }
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return,
+            Err(_) => {
+                if fs::create_dir(&p).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// On a cgroup v1 host with no delegated subtree, present libcontainer a
+/// read-only cgroup2 hierarchy instead: its v2 manager treats a read-only
+/// hierarchy as "run without cgroup limits" in rootless mode, while its v1
+/// manager has no such fallback and would fail on the first write.
+fn hide_v1_cgroups() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWCGROUP).context("unshare(CLONE_NEWCGROUP)")?;
+    mount(
+        Some("cgroup2"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("mounting a read-only cgroup2 view over /sys/fs/cgroup")
+}
+
+/// Cover a v1 hierarchy with a tmpfs (see `Delegation::v1_masked`) that
+/// holds just the files libcontainer writes for a run there.
+fn mask_hierarchy(mount_point: &Path, run_path: &Path) -> Result<()> {
+    mount_tmpfs(mount_point, "mode=755,size=1m")
+        .with_context(|| format!("masking cgroup hierarchy {}", mount_point.display()))?;
+    let dir = mount_point.join(run_path.strip_prefix("/").unwrap_or(run_path));
+    fs::create_dir_all(&dir)?;
+    for f in ["cgroup.procs", "tasks", "devices.allow", "devices.deny"] {
+        fs::write(dir.join(f), b"")?;
+    }
+    Ok(())
+}
+
+/// Kill every process of the keeper's pid namespace but the keeper, and
+/// reap them all.
+fn kill_all_and_reap() {
+    // From pid 1 of a namespace, kill(-1) reaches every other process in it.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    // Until ECHILD: nothing is left.
+    while let Ok(_) | Err(nix::errno::Errno::EINTR) =
+        waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL))
+    {}
+}
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn dup_fd(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: the caller starts the helper with these fds open; we only
+    // borrow them long enough to duplicate.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .with_context(|| format!("fd {fd} of the helper"))
+}
+
+fn open_dev_null() -> Result<OwnedFd> {
+    Ok(File::open("/dev/null")?.into())
+}
+
+/// The exit code for a setup failure: 127 when the command is missing, 126
+/// when it cannot be executed, 125 otherwise.
+fn classify_error(message: &str) -> i32 {
+    if message.contains("not found in $PATH")
+        || message.contains("No such file or directory") && message.contains("execvp")
+    {
+        exit_code::NOT_FOUND
+    } else if message.contains("does not have correct permissions") {
+        exit_code::NOT_EXECUTABLE
+    } else {
+        exit_code::SANDBOX_ERROR
+    }
+}
