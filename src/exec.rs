@@ -1,6 +1,8 @@
 //! `compute-worker exec`: one command in a sandbox, as a thin layer over
 //! the sandbox library.
 
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -115,6 +117,9 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         }
     }
 
+    // Ctrl-C, SIGTERM and SIGHUP stop the sandbox in order: their handlers
+    // write to a pipe that the wait below watches (no thread needed).
+    let interrupt = interrupt_pipe()?;
     let sandbox = match Sandbox::start(&cfg, &run, Output::Inherit, Output::Inherit) {
         Ok(s) => s,
         Err(e) => {
@@ -122,21 +127,8 @@ pub fn run(args: ExecArgs) -> Result<i32> {
             return Ok(e.exit_code());
         }
     };
-    let killer = sandbox.killer()?;
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
-    let handle = signals.handle();
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            killer.kill();
-        }
-    });
     let upper = sandbox.upper_dir();
-    let outcome = sandbox.wait(&cfg);
-    handle.close();
+    let outcome = sandbox.wait_interruptible(&cfg, interrupt.as_fd());
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -155,4 +147,19 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         );
     }
     Ok(outcome.exit_code())
+}
+
+/// A socket whose read end becomes readable on SIGINT, SIGTERM or SIGHUP:
+/// their handlers write to it.
+fn interrupt_pipe() -> Result<UnixStream> {
+    let (r, w) = UnixStream::pair()?;
+    r.set_nonblocking(true)?;
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::low_level::pipe::register(sig, w.try_clone()?)?;
+    }
+    Ok(r)
 }

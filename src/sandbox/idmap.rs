@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
@@ -179,7 +180,11 @@ fn run_map_tools(pid: u32, maps: &IdMaps) -> Result<(), IdMapError> {
     let mut children = Vec::new();
     for (tool, ranges) in jobs {
         let args = map_tool_args(pid, ranges);
-        let child = Command::new(tool)
+        let Some(path) = tool_path(tool) else {
+            children.push((tool, args, Err(IdMapError::ToolMissing { tool })));
+            continue;
+        };
+        let child = Command::new(path)
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -251,12 +256,26 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
+/// Where `tool` (`newuidmap` or `newgidmap`) is on PATH, looked up once per
+/// process: every run starts both, and a search in the child tries each
+/// PATH entry with a failing `execve`.
+fn tool_path(tool: &'static str) -> Option<&'static Path> {
+    static FOUND: OnceLock<[Option<PathBuf>; 2]> = OnceLock::new();
+    let found = FOUND.get_or_init(|| ["newuidmap", "newgidmap"].map(find_on_path));
+    let i = ["newuidmap", "newgidmap"].iter().position(|t| *t == tool)?;
+    found[i].as_deref()
+}
+
+fn find_on_path(tool: impl AsRef<OsStr>) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool.as_ref()))
+        .find(|p| p.is_file())
+}
+
 /// True when `tool` can be found on PATH.
 pub fn tool_on_path(tool: impl AsRef<OsStr>) -> bool {
-    let tool = tool.as_ref();
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+    find_on_path(tool).is_some()
 }
 
 #[cfg(test)]
