@@ -508,17 +508,7 @@ impl Sandbox {
 /// itself to be gone, before the run's lock goes. Leftovers owned by
 /// subordinate ids are removed from inside a user namespace.
 fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool, wait_exit: impl FnOnce()) {
-    let (upper, work) = rundir::layout(&dir.path);
-    let mut remove: Vec<PathBuf> = vec![work];
-    if !keep_upper {
-        remove.push(upper);
-    }
-    let mut left = Vec::new();
-    for p in remove {
-        if rundir::remove_tree(&p).is_err() && p.exists() {
-            left.push(p);
-        }
-    }
+    let left = rundir::remove_layers(&dir.path, keep_upper);
     wait_exit();
     if !left.is_empty() {
         tracing::debug!(

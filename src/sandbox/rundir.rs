@@ -144,6 +144,24 @@ fn try_flock(f: &File, op: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Remove a run's overlay work directory and, unless `keep_upper`, its
+/// upper layer. Returns what could not be removed (files of subordinate
+/// ids in directories this user cannot write).
+pub fn remove_layers(run: &Path, keep_upper: bool) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let (upper, work) = layout(run);
+    // overlayfs makes its own `work/work` mode 000: open it up first
+    // rather than fail a removal and walk the tree.
+    let _ = fs::set_permissions(work.join("work"), fs::Permissions::from_mode(0o700));
+    let mut dirs = vec![work];
+    if !keep_upper {
+        dirs.push(upper);
+    }
+    dirs.into_iter()
+        .filter(|p| remove_tree(p).is_err() && p.exists())
+        .collect()
+}
+
 /// Remove a directory tree, making its directories writable first when a
 /// plain removal fails (overlayfs makes its `work/work` mode 000, and a
 /// program may have removed the w bit of its own directories). As root of
