@@ -313,6 +313,7 @@ impl Keeper {
             None if cgroup::host_version() == cgroup::Version::V1 => hide_v1_cgroups()?,
             None => {}
             Some(d) => {
+                d.check_limits(&self.run.limits)?;
                 let run_path = d.run_path(&self.id);
                 for m in &d.v1_masked {
                     mask_hierarchy(m, &run_path)?;
@@ -352,6 +353,13 @@ impl Keeper {
             .build()
             .map_err(|e| anyhow!("{e}"))
             .context("creating the container")?;
+        if let (Some(d), Some(path), false) =
+            (&self.cgroup, cgroup_path, self.run.limits.is_empty())
+        {
+            let pid = container.pid().context("the container has no pid")?;
+            d.confirm_joined(path, pid.as_raw())
+                .map_err(|why| anyhow!(why))?;
+        }
         container
             .start()
             .map_err(|e| anyhow!("{e}"))
