@@ -58,9 +58,8 @@ fn boot() -> Vm {
     if !nix::unistd::geteuid().is_root() {
         return Vm::Skipped("needs root (it boots a QEMU guest sharing the host's /)".into());
     }
-    let on_path = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()));
     if !on_path {
         return Vm::Skipped(
             "no qemu-system-x86_64: run scripts/dev-setup.sh (apt-get install --no-install-recommends qemu-system-x86)".into(),
@@ -164,7 +163,10 @@ fn delegated_a_pids_limit_stops_a_fork_bomb() {
     let Some(vm) = guest() else { return };
     let c = vm.case("delegated.forkbomb");
     assert!(c.stdout.contains("survived"), "{c:?}");
-    assert!(c.stderr.contains("fork"), "the bomb must hit the limit: {c:?}");
+    assert!(
+        c.stderr.contains("fork"),
+        "the bomb must hit the limit: {c:?}"
+    );
 }
 
 #[test]
@@ -212,7 +214,8 @@ fn missing_cpuset_controller_fails_a_cpuset_run_naming_the_fix() {
     assert!(c.stderr.contains("`cpuset` controller"), "{}", c.stderr);
     assert!(c.stderr.contains("it has: cpu memory pids"), "{}", c.stderr);
     assert!(
-        c.stderr.contains("/etc/systemd/system/user@.service.d/delegate.conf"),
+        c.stderr
+            .contains("/etc/systemd/system/user@.service.d/delegate.conf"),
         "{}",
         c.stderr
     );
@@ -235,7 +238,11 @@ fn missing_cpuset_controller_stops_serve_with_a_cpuset_at_start() {
     let Some(vm) = guest() else { return };
     let c = vm.case("no-cpuset.serve");
     assert_ne!(c.code, 0, "{c:?}");
-    assert!(c.stderr.contains("the limits cannot be enforced"), "{}", c.stderr);
+    assert!(
+        c.stderr.contains("the limits cannot be enforced"),
+        "{}",
+        c.stderr
+    );
     assert!(c.stderr.contains("`cpuset` controller"), "{}", c.stderr);
 }
 
@@ -287,7 +294,12 @@ fn admin_subtree_with_the_worker_outside_says_why_and_runs_without_limits() {
         c.stderr
     );
     assert!(c.stderr.contains("Delegate=yes"), "{}", c.stderr);
-    assert_eq!(c.stderr.matches("limits are OFF").count(), 1, "{}", c.stderr);
+    assert_eq!(
+        c.stderr.matches("limits are OFF").count(),
+        1,
+        "{}",
+        c.stderr
+    );
 }
 
 // ---- no delegated cgroup at all
@@ -298,8 +310,17 @@ fn without_a_delegated_cgroup_runs_work_and_say_once_that_limits_are_off() {
     let c = vm.case("outside.none");
     c.assert_code(0);
     assert_eq!(c.stdout, "ran\n");
-    assert_eq!(c.stderr.matches("limits are OFF").count(), 1, "{}", c.stderr);
-    assert!(c.stderr.contains("/init.scope is not delegated"), "{}", c.stderr);
+    assert_eq!(
+        c.stderr.matches("limits are OFF").count(),
+        1,
+        "{}",
+        c.stderr
+    );
+    assert!(
+        c.stderr.contains("/init.scope is not delegated"),
+        "{}",
+        c.stderr
+    );
     let plain = vm.case("outside.plain");
     plain.assert_code(0);
     assert_eq!(plain.stderr, "", "no limits asked, nothing to say");

@@ -633,8 +633,11 @@ fn systemd_delegation(h: &Host) -> Check {
                 have.join(" ")
             ),
             format!(
-                "{} (writes /etc/systemd/system/user@.service.d/delegate.conf), then log in again",
-                h.setup_host_fix()
+                "{} (writes /etc/systemd/system/user@.service.d/delegate.conf); it applies \
+                 once user@{uid}.service restarts (`systemctl restart user@{uid}.service`, or \
+                 a reboot)",
+                h.setup_host_fix(),
+                uid = h.uid
             ),
         )
     }

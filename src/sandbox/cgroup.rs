@@ -509,11 +509,10 @@ impl Delegation {
             None => {
                 let up = self.parent.parent().unwrap_or(Path::new("/"));
                 format!(
-                    "as root, enable it in every cgroup above: `echo +{controller} > \
-                     {}/cgroup.subtree_control` (and so on up to /sys/fs/cgroup); with \
-                     systemd, the Delegate= setting of the unit that runs the worker must \
-                     include {controller}",
-                    v2_dir(up).display()
+                    "as root, enable it in every cgroup above: `echo +{controller} > {}` \
+                     (and so on up to /sys/fs/cgroup); with systemd, the Delegate= setting of \
+                     the unit that runs the worker must include {controller}",
+                    v2_dir(up).join("cgroup.subtree_control").display()
                 )
             }
         };
