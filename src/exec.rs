@@ -62,9 +62,7 @@ fn delegated_cgroup(configured: Option<&Path>, limits: &Limits) -> Option<Delega
         }
     } else if !limits.is_empty() {
         let fix = match cgroup::host_version() {
-            cgroup::Version::V1 => {
-                "set --cgroup-parent / COMPUTE_WORKER_CGROUP_PARENT to a subtree this user owns"
-            }
+            cgroup::Version::V1 => "name a subtree this user owns",
             cgroup::Version::V2 => {
                 "run the worker in a cgroup systemd delegates to it: the user service of \
                  `compute-worker install-service` (Delegate=yes), or `systemd-run --user --scope \
@@ -72,7 +70,7 @@ fn delegated_cgroup(configured: Option<&Path>, limits: &Limits) -> Option<Delega
                  user owns that the worker runs in"
             }
         };
-        tracing::warn!("no delegated cgroup ({why}): {OFF} ({fix})");
+        tracing::warn!("{OFF}: {why}; {fix}");
     }
     None
 }

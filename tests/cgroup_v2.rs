@@ -86,8 +86,11 @@ fn boot() -> Vm {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Shown with the first failing test that booted it.
-    eprintln!("the guest's output:\n{output}");
+    // Kept for a look after the fact, and shown with the first failing
+    // test that booted it.
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cgroup_v2-guest.log");
+    let _ = std::fs::write(&log, &output);
+    eprintln!("the guest's output (also in {}):\n{output}", log.display());
     if !out.status.success() {
         return Vm::Failed(format!("exit status {}:\n{output}", out.status));
     }
@@ -202,6 +205,16 @@ fn delegated_the_next_start_removes_the_cgroup_of_a_crashed_run() {
     assert!(left.iter().any(|l| l.starts_with("cw-")), "{left:?}");
     vm.case("delegated.crash-next").assert_code(0);
     assert_eq!(vm.case("delegated.crash-cleaned").lines(), ["supervisor"]);
+}
+
+#[test]
+fn delegated_a_job_runner_with_threads_runs_its_programs_limited() {
+    let Some(vm) = guest() else { return };
+    let c = vm.case("delegated.job");
+    c.assert_code(0);
+    assert!(c.stdout.contains("\"accuracy\": 1.0"), "{c:?}");
+    assert!(!c.stderr.contains("limits are OFF"), "{}", c.stderr);
+    assert_eq!(vm.case("delegated.job-children").lines(), ["supervisor"]);
 }
 
 // ---- systemd's default delegation to user@.service: no cpuset

@@ -181,7 +181,7 @@ pub fn lookup(configured: Option<&Path>) -> Lookup {
     match host_version() {
         Version::V1 => match configured {
             None => Lookup::Absent(
-                "no cgroup subtree is named (--cgroup-parent / COMPUTE_WORKER_CGROUP_PARENT)"
+                "no cgroup subtree is named with --cgroup-parent or COMPUTE_WORKER_CGROUP_PARENT"
                     .into(),
             ),
             Some(parent) => match v1_candidate(parent) {

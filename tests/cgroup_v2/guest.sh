@@ -24,8 +24,9 @@ if [ "${1:-}" = as-user ]; then
     shift
     "$@" > "$tmp/out" 2> "$tmp/err"
     echo "@@case $scenario.$check $?"
-    sed 's/^/@@out /' "$tmp/out"
-    sed 's/^/@@err /' "$tmp/err"
+    # (a last line without its newline gets one)
+    sed -e 's/^/@@out /' -e '$a\' "$tmp/out"
+    sed -e 's/^/@@err /' -e '$a\' "$tmp/err"
   }
   cw() { "$CW_BIN" "$@"; }
   run() { cw exec --rootfs "$CW_ROOTFS" "$@"; }
@@ -71,6 +72,10 @@ if [ "${1:-}" = as-user ]; then
     report crash-left children "$own"
     report crash-next run -- true
     report crash-cleaned children "$own"
+    # A multi-threaded caller (a job runner, like `serve`) starts its
+    # sandboxes by exec, not fork: the embedded demo job with a limit.
+    report job cw run --results "$HOME/results" --memory 64m
+    report job-children children "$own"
     ;;
   admin)
     report oom run --cgroup-parent /compute-worker --memory 32m -- \
