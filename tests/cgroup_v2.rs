@@ -217,6 +217,21 @@ fn delegated_a_job_runner_with_threads_runs_its_programs_limited() {
     assert_eq!(vm.case("delegated.job-children").lines(), ["supervisor"]);
 }
 
+#[test]
+fn delegated_a_run_the_kernel_refuses_to_move_into_its_cgroup_fails() {
+    let Some(vm) = guest() else { return };
+    let c = vm.case("refused.run");
+    c.assert_code(125);
+    assert!(
+        c.stderr.contains("did not land in their cgroup"),
+        "{}",
+        c.stderr
+    );
+    assert!(c.stderr.contains("limits would not apply"), "{}", c.stderr);
+    assert_eq!(c.stdout, "", "the program must not run");
+    assert_eq!(vm.case("refused.children").lines(), ["supervisor"]);
+}
+
 // ---- systemd's default delegation to user@.service: no cpuset
 
 #[test]

@@ -85,6 +85,18 @@ if [ "${1:-}" = as-user ]; then
     report worker-cgroup cat /proc/self/cgroup
     report children children /compute-worker
     ;;
+  refused)
+    # A newuidmap that waits for root's word: the sandbox's start stops
+    # there, after the worker checked its delegation and before
+    # libcontainer moves the run into its cgroup.
+    real=$(command -v newuidmap)
+    mkdir -p "$HOME/hook"
+    printf '#!/bin/sh\ntouch %s/maps-reached\nwhile [ ! -e %s/maps-go ]; do sleep 0.1; done\nexec %s "$@"\n' \
+      "$HOME" "$HOME" "$real" > "$HOME/hook/newuidmap"
+    chmod +x "$HOME/hook/newuidmap"
+    report run env PATH="$HOME/hook:$PATH" "$CW_BIN" exec --rootfs "$CW_ROOTFS" --memory 64m -- echo ran
+    report children children "$(dirname "$own")"
+    ;;
   no-cpuset)
     report cpus run --cpus 0 -- true
     report memory run --memory 64m -- echo ran
@@ -162,6 +174,18 @@ remove_tree /user.slice
 # With setup-host's drop-in: Delegate=cpu cpuset io memory pids.
 service=$(user_manager cpu cpuset io memory pids)
 as_user_in "$service" delegated
+# The delegation taken back while a run starts (its cgroup.procs given
+# back to root): the kernel refuses to move the run into its cgroup, which
+# libcontainer lets pass; the worker must not.
+as_user_in "$service/supervisor" refused &
+user_part=$!
+for _ in $(seq 1200); do
+  [ -e "$STATE/maps-reached" ] && break
+  sleep 0.1
+done
+chown root:root "$CG$service/cgroup.procs"
+touch "$STATE/maps-go"
+wait "$user_part"
 remove_tree /user.slice
 
 # An administrator's subtree (--cgroup-parent), the worker placed in it,
