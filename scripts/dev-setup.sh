@@ -6,6 +6,8 @@
 #    target of the static build;
 #  - an unprivileged test user with subordinate uid/gid ranges;
 #  - a cgroup subtree delegated to that user (the sandbox limit tests);
+#  - the guest kernel of the cgroup v2 test VM (tests/cgroup_v2.rs), only
+#    downloaded and unpacked, never installed;
 #  - RabbitMQ started if it is installed but not running, with a TLS
 #    listener on 127.0.0.1:5671 (self-signed test CA) beside plain 5672.
 set -euo pipefail
@@ -23,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   uidmap busybox-static util-linux procps time file \
-  docker-registry skopeo debootstrap systemd \
+  docker-registry skopeo debootstrap systemd qemu-system-x86 \
   ca-certificates openssl pkg-config gcc libseccomp-dev \
   libc6-dev libc-bin >/dev/null  # libc6-dev: static libc.a for tests/gpu.rs; libc-bin: ldconfig
 # The static (musl) build, scripts/build-static.sh: musl-gcc, and what
@@ -80,6 +82,9 @@ else
     chown -R "$TEST_USER:" "$mnt/$rel"
   done
 fi
+
+echo "== cgroup v2 test VM: its kernel and initrd (tests/cgroup_v2.rs)"
+bash "$(dirname "$0")/../test-support/vm/run-in-vm.sh" --prepare
 
 echo "== RabbitMQ (the broker and serve tests use it; it may be installed but stopped)"
 if ! command -v rabbitmq-server >/dev/null 2>&1; then

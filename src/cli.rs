@@ -276,7 +276,9 @@ pub struct SandboxArgs {
     #[arg(long, env = "COMPUTE_WORKER_STATE_DIR", value_parser = parse_path)]
     pub state_dir: Option<PathBuf>,
     /// A cgroup subtree delegated to this user, as a path inside the cgroup
-    /// hierarchy (e.g. /compute-worker). Without one, limits are off.
+    /// hierarchy (e.g. /compute-worker); on cgroup v2 the worker must run
+    /// inside it. Unset on cgroup v2: the worker's own cgroup when systemd
+    /// delegated it (Delegate=yes). Without either, limits are off.
     #[arg(long, env = "COMPUTE_WORKER_CGROUP_PARENT", value_parser = parse_path)]
     pub cgroup_parent: Option<PathBuf>,
 }

@@ -3,42 +3,78 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use crate::cli::{ExecArgs, SandboxArgs};
-use crate::sandbox::{self, Output, RunSpec, Sandbox, SandboxConfig};
+use crate::sandbox::cgroup::{self, Lookup};
+use crate::sandbox::{self, Delegation, Limits, Output, RunSpec, Sandbox, SandboxConfig};
 
 /// Build the sandbox configuration from the command line, and clean up
 /// after crashed runs.
-pub fn sandbox_config(args: &SandboxArgs, limits_wanted: bool) -> Result<SandboxConfig> {
+///
+/// `limits` is `Some` for the commands that run programs (the limits they
+/// ask for): they get a delegated cgroup when there is one, found and made
+/// ready here, while this process is still single-threaded (on cgroup v2
+/// the worker may have to move itself into a leaf of it). Without one
+/// they run without limits, and say so once when they asked for some.
+pub fn sandbox_config(args: &SandboxArgs, limits: Option<&Limits>) -> Result<SandboxConfig> {
     let state_dir = args
         .state_dir
         .clone()
         .unwrap_or_else(sandbox::default_state_dir);
-    let cgroup = match &args.cgroup_parent {
-        None => None,
-        Some(parent) => match sandbox::cgroup::delegation(parent) {
-            Ok(d) => Some(d),
-            Err(why) => {
-                tracing::warn!("cgroup subtree {} is not usable: {why}", parent.display());
-                None
-            }
-        },
-    };
-    if cgroup.is_none() && limits_wanted {
-        tracing::warn!(
-            "no delegated cgroup: memory, pids and cpu limits are OFF for this run \
-             (set --cgroup-parent / COMPUTE_WORKER_CGROUP_PARENT to a subtree this user owns)"
-        );
-    }
+    let cgroup = limits.and_then(|l| delegated_cgroup(args.cgroup_parent.as_deref(), l));
     let cfg = SandboxConfig::for_current_user(state_dir, cgroup)?;
     let removed = cfg.clean_stale()?;
     if removed > 0 {
         tracing::info!(removed, "removed run directories left by crashed runs");
     }
     Ok(cfg)
+}
+
+/// The delegated cgroup runs go in, ready; `None` (with one warning when
+/// it matters) when there is none.
+fn delegated_cgroup(configured: Option<&Path>, limits: &Limits) -> Option<Delegation> {
+    const OFF: &str = "memory, pids and cpu limits are OFF";
+    let (why, unusable) = match cgroup::lookup(configured) {
+        Lookup::Found(c) => match c.prepare() {
+            Ok(d) => {
+                tracing::debug!(
+                    parent = %d.parent.display(),
+                    controllers = %d.controllers.join(" "),
+                    "runs get their cgroups in the delegated subtree"
+                );
+                return Some(d);
+            }
+            Err(why) => (why, true),
+        },
+        Lookup::Absent(why) => (why, false),
+        Lookup::Unusable(why) => (why, true),
+    };
+    if unusable {
+        let subtree = match configured {
+            Some(p) => format!("cgroup subtree {}", p.display()),
+            None => "this process's delegated cgroup".to_string(),
+        };
+        if limits.is_empty() {
+            tracing::warn!("{subtree} is not usable: {why}; runs get no cgroup");
+        } else {
+            tracing::warn!("{subtree} is not usable: {why}; {OFF}");
+        }
+    } else if !limits.is_empty() {
+        let fix = match cgroup::host_version() {
+            cgroup::Version::V1 => "name a subtree this user owns",
+            cgroup::Version::V2 => {
+                "run the worker in a cgroup systemd delegates to it: the user service of \
+                 `compute-worker install-service` (Delegate=yes), or `systemd-run --user --scope \
+                 -p Delegate=yes compute-worker ...`; or set --cgroup-parent to a subtree this \
+                 user owns that the worker runs in"
+            }
+        };
+        tracing::warn!("{OFF}: {why}; {fix}");
+    }
+    None
 }
 
 /// A run on `image`: its layers, Env, WorkingDir and User; `command`
@@ -80,7 +116,7 @@ pub fn image_run(image: &rootfs_cache::Image, command: Vec<String>) -> Result<Ru
 /// Run the command; returns the exit code for the process.
 pub fn run(args: ExecArgs) -> Result<i32> {
     let limits = args.limits.limits();
-    let cfg = sandbox_config(&args.sandbox, !limits.is_empty())?;
+    let cfg = sandbox_config(&args.sandbox, Some(&limits))?;
     // With --image, the lease keeps the image from eviction while it runs.
     let (mut run, _lease) = match (&args.rootfs, &args.image) {
         (Some(rootfs), _) => (RunSpec::new(rootfs, args.command), None),

@@ -128,7 +128,7 @@ fn print_images(images: &[rootfs_cache::Image]) {
 }
 
 pub fn pull(args: PullArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
     let store = open_store(&args.images, &sandbox)?;
     let progress = rootfs_cache::progress::auto();
     let image = runtime()?.block_on(store.pull(&args.image, &*progress))?;
@@ -137,7 +137,7 @@ pub fn pull(args: PullArgs) -> Result<i32> {
 }
 
 pub fn import(args: ImportArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
     let store = open_store(&args.images, &sandbox)?;
     let progress = rootfs_cache::progress::auto();
     let images = runtime()?.block_on(store.import(&args.path, args.name.as_deref(), &*progress))?;
@@ -146,7 +146,7 @@ pub fn import(args: ImportArgs) -> Result<i32> {
 }
 
 pub fn list(args: ImagesArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
     let store = open_store(&args.images, &sandbox)?;
     let images = store.images()?;
     if args.json {
@@ -185,7 +185,7 @@ pub fn list(args: ImagesArgs) -> Result<i32> {
 }
 
 pub fn prune(args: PruneArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, false)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
     let store = open_store(&args.images, &sandbox)?;
     let target = if args.all {
         0

@@ -22,7 +22,17 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let broker = codabench.broker(args.verify_broker_tls || args.broker_ca_file.is_some())?;
 
     let limits = args.limits.limits();
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, !limits.is_empty())?;
+    // Every limit a job may get: the flags', and a cpuset per slot.
+    let mut wanted = limits.clone();
+    if let Some(cpus) = args.slot_cpus.first() {
+        wanted.cpus.get_or_insert_with(|| cpus.clone());
+    }
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, Some(&wanted))?;
+    if let Some(d) = &sandbox.cgroup {
+        // Refuse at start what every job would fail on.
+        d.check_limits(&wanted)
+            .map_err(|why| anyhow::anyhow!("the limits cannot be enforced: {why}"))?;
+    }
     let store = crate::images::open_store(&args.images, &sandbox)?;
     let slots = crate::job::worker_slots::SlotPlan::new(crate::job::worker_slots::PlanInput {
         slots: args.slots,

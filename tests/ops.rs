@@ -447,9 +447,16 @@ fn setup_host_on_cgroup_v2_writes_the_systemd_delegation_drop_in() {
         text.contains("[Service]\nDelegate=cpu cpuset io memory pids\n"),
         "{text}"
     );
-    // No chowned subtree on v2: the values printed do not promise limits.
+    // No chowned subtree on v2: the worker uses its service's delegated
+    // cgroup, and the drop-in needs the user's manager restarted.
     assert!(!out.contains("COMPUTE_WORKER_CGROUP_PARENT="), "{out}");
-    assert!(out.contains("limits off"), "{out}");
+    assert!(
+        out.contains("leave COMPUTE_WORKER_CGROUP_PARENT unset"),
+        "{out}"
+    );
+    assert!(out.contains("install-service"), "{out}");
+    assert!(out.contains("Delegate=yes"), "{out}");
+    assert!(out.contains("systemctl restart user@"), "{out}");
     let again = setup_host(p, &[]).ok();
     assert!(again.contains("nothing to change"), "{again}");
 }

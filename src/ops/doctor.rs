@@ -19,6 +19,7 @@ use crate::broker::{BrokerUrl, ConsumerConfig};
 use crate::cli::{ImageArgs, SandboxArgs};
 use crate::config::codabench::Codabench;
 use crate::images::human;
+use crate::sandbox::cgroup::Lookup;
 use crate::sandbox::{self, cgroup, idmap, SandboxConfig};
 
 #[derive(Debug, Args)]
@@ -484,38 +485,115 @@ fn cgroups(h: &Host) -> Vec<Check> {
         cgroup::Version::V2 => "cgroup v2",
         cgroup::Version::V1 => "cgroup v1 (legacy or hybrid)",
     };
-    let mut out = vec![match &h.cgroup_parent {
-        None => Check::warn(
-            NAME,
-            format!("{kind}; no COMPUTE_WORKER_CGROUP_PARENT: memory, pids and cpu limits are OFF"),
-            format!(
-                "{}, then set COMPUTE_WORKER_CGROUP_PARENT=/compute-worker",
-                h.setup_host_fix()
-            ),
-        ),
-        Some(parent) => match cgroup::delegation(parent) {
-            Ok(d) => Check::ok(
+    let own = match version {
+        cgroup::Version::V2 => cgroup::own_cgroup(),
+        cgroup::Version::V1 => None,
+    };
+    let row = match cgroup::lookup(h.cgroup_parent.as_deref()) {
+        Lookup::Found(c) => {
+            let parent = c.parent.display();
+            let how = match (c.version, c.configured, c.must_move) {
+                (cgroup::Version::V1, ..) => format!("{parent} is delegated to {}", h.user),
+                (_, false, _) => format!(
+                    "runs go in this process's cgroup {parent}, delegated to {} (the worker \
+                     moves into {parent}/{})",
+                    h.user,
+                    cgroup::LEAF
+                ),
+                (_, true, true) => format!(
+                    "{parent} is delegated to {} and this process runs in it (the worker moves \
+                     into {parent}/{})",
+                    h.user,
+                    cgroup::LEAF
+                ),
+                (_, true, false) => format!(
+                    "{parent} is delegated to {}; this process runs in {}",
+                    h.user,
+                    c.own.as_deref().unwrap_or(Path::new("?")).display()
+                ),
+            };
+            // The limits the run cgroups could not enforce: the message a
+            // run asking for them would fail with.
+            let all = sandbox::Limits {
+                memory: Some(1),
+                pids: Some(1),
+                cpus: Some("0".into()),
+            };
+            let would_be = sandbox::Delegation {
+                version: c.version,
+                parent: c.parent.clone(),
+                v1_masked: Vec::new(),
+                controllers: c.available.clone(),
+            };
+            match would_be.check_limits(&all) {
+                Ok(()) => Check::ok(
+                    NAME,
+                    format!(
+                        "{kind}; {how}; controllers: {} (limits on)",
+                        c.available.join(" ")
+                    ),
+                ),
+                Err(missing) => Check::warn(
+                    NAME,
+                    format!(
+                        "{kind}; {how}; but it lacks the `{}` controller (it has: {}): runs \
+                         asking for {} fail",
+                        missing.controller, missing.have, missing.what
+                    ),
+                    missing.fix,
+                ),
+            }
+        }
+        Lookup::Absent(why) => {
+            let fix = match version {
+                cgroup::Version::V1 => format!(
+                    "{}, then set COMPUTE_WORKER_CGROUP_PARENT=/compute-worker",
+                    h.setup_host_fix()
+                ),
+                cgroup::Version::V2 => "run the worker as the user service of `compute-worker \
+                     install-service` (Delegate=yes gives it a cgroup of its own), or under \
+                     `systemd-run --user --scope -p Delegate=yes compute-worker ...`; \
+                     `systemd-run --user --scope -p Delegate=yes compute-worker doctor` shows \
+                     what it gets there"
+                    .to_string(),
+            };
+            Check::warn(
+                NAME,
+                format!("{kind}; {why}: memory, pids and cpu limits are OFF"),
+                fix,
+            )
+        }
+        Lookup::Unusable(why) => {
+            let parent = h
+                .cgroup_parent
+                .as_deref()
+                .map_or_else(|| "-".into(), |p| p.display().to_string());
+            let fix = match version {
+                cgroup::Version::V1 => format!(
+                    "{} --cgroup-parent {parent}, or unset COMPUTE_WORKER_CGROUP_PARENT to run \
+                     without limits",
+                    h.setup_host_fix()
+                ),
+                cgroup::Version::V2 => "see the detail; or unset COMPUTE_WORKER_CGROUP_PARENT \
+                     and run the worker as the user service of `compute-worker \
+                     install-service` (Delegate=yes)"
+                    .to_string(),
+            };
+            let place = own
+                .as_ref()
+                .map(|o| format!(" (this process is in {})", o.display()))
+                .unwrap_or_default();
+            Check::fail(
                 NAME,
                 format!(
-                    "{kind}; {} is delegated to {} (limits on)",
-                    d.parent.display(),
-                    h.user
+                    "{kind}; cgroup subtree {parent} is not usable{place}: {why} (limits would \
+                     be OFF)"
                 ),
-            ),
-            Err(why) => Check::fail(
-                NAME,
-                format!(
-                    "{kind}; cgroup subtree {} is not usable: {why} (limits would be OFF)",
-                    parent.display()
-                ),
-                format!(
-                    "{} --cgroup-parent {}, or unset COMPUTE_WORKER_CGROUP_PARENT to run without limits",
-                    h.setup_host_fix(),
-                    parent.display()
-                ),
-            ),
-        },
-    }];
+                fix,
+            )
+        }
+    };
+    let mut out = vec![row];
     if version == cgroup::Version::V2 && !h.root {
         out.push(systemd_delegation(h));
     }
@@ -555,8 +633,11 @@ fn systemd_delegation(h: &Host) -> Check {
                 have.join(" ")
             ),
             format!(
-                "{} (writes /etc/systemd/system/user@.service.d/delegate.conf), then log in again",
-                h.setup_host_fix()
+                "{} (writes /etc/systemd/system/user@.service.d/delegate.conf); it applies \
+                 once user@{uid}.service restarts (`systemctl restart user@{uid}.service`, or \
+                 a reboot)",
+                h.setup_host_fix(),
+                uid = h.uid
             ),
         )
     }

@@ -170,11 +170,17 @@ pub fn run(args: SetupHostArgs) -> Result<i32> {
     println!("\nPut these in the worker's environment (or its .env file):");
     if is_v2(&args.root.join("sys/fs/cgroup")) {
         // A subtree chowned to the user is not enough on v2: moving a
-        // process into it needs write access at the common ancestor.
+        // process into it needs write access at the common ancestor, so
+        // the worker uses the cgroup systemd delegates to its service.
         println!(
-            "# cgroup v2: limits need a subtree systemd delegated to the worker; this version \
-             does not place itself in one yet, so leave COMPUTE_WORKER_CGROUP_PARENT unset \
-             (limits off) unless you delegated one yourself"
+            "# cgroup v2: leave COMPUTE_WORKER_CGROUP_PARENT unset. The worker's user service \
+             (`compute-worker install-service`, Delegate=yes) gets a cgroup of its own, with the \
+             controllers of user@{uid}.service, and puts the limits there; for a one-off run: \
+             `systemd-run --user --scope -p Delegate=yes compute-worker ...`. The drop-in \
+             (cpuset for --cpus) applies once user@{uid}.service restarts: `systemctl restart \
+             user@{uid}.service` (it stops {name}'s services), or a reboot",
+            uid = user.uid,
+            name = user.name
         );
     } else {
         println!(
