@@ -23,7 +23,7 @@ fn main() {
     }
     let runs: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut cfg = SandboxConfig::for_current_user(PathBuf::from(&args[3]), None).expect("config");
-    cfg.helper = PathBuf::from(&args[1]);
+    cfg.binary = PathBuf::from(&args[1]);
     let run = RunSpec::new(&args[2], vec!["true".into()]);
     let (mut start, mut total) = (Vec::new(), Vec::new());
     for _ in 0..runs {

@@ -38,7 +38,7 @@ pub async fn start(cfg: Arc<SandboxConfig>, run: RunSpec) -> Result<Running, San
         Sandbox::start(&starter, &run, Output::Pipe, Output::Pipe)
     })
     .await
-    .map_err(|e| SandboxError::Helper(format!("start task: {e}")))??;
+    .map_err(|e| SandboxError::Lost(format!("start task: {e}")))??;
     let killer = sandbox.killer()?;
     let (tx, rx) = mpsc::channel(1024);
     let readers: Vec<_> = [

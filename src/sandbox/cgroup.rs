@@ -78,7 +78,7 @@ pub struct Delegation {
     pub parent: PathBuf,
     /// v1 only: mount points of the hierarchies the sandbox must not see
     /// (not delegated, or `devices`, whose rules cannot be written
-    /// rootless). The helper covers them with an empty tmpfs so that
+    /// rootless). The keeper covers them with an empty tmpfs so that
     /// libcontainer's v1 manager, which joins every hierarchy it finds,
     /// skips them harmlessly.
     pub v1_masked: Vec<PathBuf>,

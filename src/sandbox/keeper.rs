@@ -98,6 +98,7 @@ impl Keeper {
             None if cgroup::host_version() == cgroup::Version::V1 => hide_v1_cgroups()?,
             None => {}
             Some(d) => {
+                d.check_limits(&self.run.limits)?;
                 let run_path = d.run_path(&self.id);
                 for m in &d.v1_masked {
                     mask_hierarchy(m, &run_path)?;
@@ -137,6 +138,13 @@ impl Keeper {
             .build()
             .map_err(|e| anyhow!("{e}"))
             .context("creating the container")?;
+        if let (Some(d), Some(path), false) =
+            (&self.cgroup, cgroup_path, self.run.limits.is_empty())
+        {
+            let pid = container.pid().context("the container has no pid")?;
+            d.confirm_joined(path, pid.as_raw())
+                .map_err(|why| anyhow!(why))?;
+        }
         container
             .start()
             .map_err(|e| anyhow!("{e}"))
@@ -369,12 +377,12 @@ fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
 }
 
 fn dup_fd(fd: RawFd) -> Result<OwnedFd> {
-    // SAFETY: the caller starts the helper with these fds open; we only
+    // SAFETY: the caller starts the keeper with these fds open; we only
     // borrow them long enough to duplicate.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     borrowed
         .try_clone_to_owned()
-        .with_context(|| format!("fd {fd} of the helper"))
+        .with_context(|| format!("fd {fd} of the keeper"))
 }
 
 fn open_dev_null() -> Result<OwnedFd> {

@@ -48,7 +48,7 @@ pub struct SandboxConfig {
     pub cgroup: Option<Delegation>,
     /// The `compute-worker` binary (exec'd as the launcher by callers
     /// with threads).
-    pub helper: PathBuf,
+    pub binary: PathBuf,
     pub maps: IdMaps,
     /// The seccomp filter, loaded (or compiled) at the first run.
     seccomp: Arc<OnceLock<Result<Option<seccomp::Program>, String>>>,
@@ -63,7 +63,7 @@ pub enum SandboxError {
     #[error("cannot start the sandbox process ({exe}): {source}")]
     Spawn { exe: PathBuf, source: io::Error },
     #[error("the sandbox process stopped talking: {0}")]
-    Helper(String),
+    Lost(String),
     /// The sandbox could not be set up; `code` is the exit code to report.
     #[error("{message}")]
     Setup { message: String, code: i32 },
@@ -93,7 +93,7 @@ pub enum Output {
 
 impl SandboxConfig {
     /// A configuration for the current user: state under `state_dir`, this
-    /// binary as the helper, maps from /etc/subuid and /etc/subgid.
+    /// binary as the launcher, maps from /etc/subuid and /etc/subgid.
     pub fn for_current_user(
         state_dir: PathBuf,
         cgroup: Option<Delegation>,
@@ -101,7 +101,7 @@ impl SandboxConfig {
         Ok(SandboxConfig {
             state_dir,
             cgroup,
-            helper: std::env::current_exe().map_err(|source| SandboxError::Spawn {
+            binary: std::env::current_exe().map_err(|source| SandboxError::Spawn {
                 exe: "/proc/self/exe".into(),
                 source,
             })?,
@@ -143,13 +143,13 @@ impl SandboxConfig {
     pub fn remove_as_root(&self, paths: Vec<PathBuf>) -> Result<Vec<String>, SandboxError> {
         match self.one_shot(&Task::Remove { paths }, None)? {
             Event::Removed { errors } => Ok(errors),
-            other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+            other => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
         }
     }
 
     /// Run a task that answers with one event, and wait for its process.
     fn one_shot(&self, task: &Task, input: Option<OwnedFd>) -> Result<Event, SandboxError> {
-        let mut h = Helper::spawn(self, task, None, None, None, input)?;
+        let mut h = SandboxProcess::spawn(self, task, None, None, None, input)?;
         let event = h.next_event();
         let _ = h.child.wait();
         event
@@ -159,9 +159,9 @@ impl SandboxConfig {
 impl SandboxConfig {
     /// Unpack an image layer read from `input` (a blob file or a pipe) as
     /// root of a user namespace with this config's maps, so files keep the
-    /// owners the image gives them. `input` is handed to the helper and
-    /// closed here at once, so a writer at the other end of a pipe sees the
-    /// reader go when the helper does.
+    /// owners the image gives them. `input` is handed to the sandbox
+    /// process and closed here at once, so a writer at the other end of a
+    /// pipe sees the reader go when that process does.
     pub fn unpack_layer(
         &self,
         input: OwnedFd,
@@ -176,7 +176,7 @@ impl SandboxConfig {
         };
         match self.one_shot(&task, Some(input))? {
             Event::Unpacked { result } => Ok(result),
-            other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+            other => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
         }
     }
 }
@@ -204,7 +204,7 @@ impl SandboxConfig {
             .and_then(|()| {
                 match self.one_shot(&Task::ProbeOverlay { dir: dir.clone() }, None)? {
                     Event::Probed { result } => Ok(result),
-                    other => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+                    other => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
                 }
             });
         if std::fs::remove_dir_all(&dir).is_err() && dir.exists() {
@@ -215,14 +215,14 @@ impl SandboxConfig {
 }
 
 /// The sandbox process (or its launcher) and our end of its control socket.
-struct Helper {
+struct SandboxProcess {
     /// Our child: the sandbox process, or the launcher that waits for it.
     child: ChildProcess,
     control: UnixStream,
     events: BufReader<UnixStream>,
 }
 
-impl Helper {
+impl SandboxProcess {
     /// Start the sandbox process for `task`, map its user namespace, and
     /// return once it may run as root in it.
     fn spawn(
@@ -232,7 +232,7 @@ impl Helper {
         stderr: Option<&OwnedFd>,
         lock: Option<&File>,
         input: Option<OwnedFd>,
-    ) -> Result<Helper, SandboxError> {
+    ) -> Result<SandboxProcess, SandboxError> {
         let (ours, theirs) = UnixStream::pair()?;
         let null = File::options().write(true).open("/dev/null")?;
         // Duplicate every fd we hand over to a high number first, so that
@@ -245,9 +245,9 @@ impl Helper {
             dup_high(input.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
         ];
         let null = dup_high(null.as_raw_fd())?;
-        let started = process::start(&cfg.helper, task, &handed, &null).map_err(|source| {
+        let started = process::start(&cfg.binary, task, &handed, &null).map_err(|source| {
             SandboxError::Spawn {
-                exe: cfg.helper.clone(),
+                exe: cfg.binary.clone(),
                 source,
             }
         })?;
@@ -258,7 +258,7 @@ impl Helper {
             Started::Cloned(child) => (child, false),
             Started::Launcher(child) => (child, true),
         };
-        let mut h = Helper {
+        let mut h = SandboxProcess {
             child,
             events: BufReader::new(ours.try_clone()?),
             control: ours,
@@ -267,7 +267,7 @@ impl Helper {
             wire::send(&mut h.control, task)?;
             match h.next_event()? {
                 Event::Cloned { pid } => pid as u32,
-                other => return Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+                other => return Err(SandboxError::Lost(format!("unexpected {other:?}"))),
             }
         } else {
             h.child.id()
@@ -324,7 +324,7 @@ impl Helper {
             Some(e) => Ok(e),
             None => {
                 let status = self.child.wait()?;
-                Err(SandboxError::Helper(format!(
+                Err(SandboxError::Lost(format!(
                     "the sandbox process exited ({status}) without reporting"
                 )))
             }
@@ -358,7 +358,7 @@ fn output_fds(o: &Output) -> io::Result<(Option<File>, Option<OwnedFd>)> {
 
 /// A running sandbox.
 pub struct Sandbox {
-    helper: Helper,
+    process: SandboxProcess,
     rundir: RunDir,
     keep_upper: bool,
     /// The program's pid in the sandbox's outer pid namespace.
@@ -405,7 +405,7 @@ impl Sandbox {
             cgroup: cfg.cgroup.clone(),
             seccomp,
         };
-        let started = Helper::spawn(
+        let started = SandboxProcess::spawn(
             cfg,
             &task,
             Some(&stdout_fd),
@@ -417,7 +417,7 @@ impl Sandbox {
             Ok(Event::Started { pid }) => Ok((h, pid)),
             Ok(other) => {
                 h.stop();
-                Err(SandboxError::Helper(format!("unexpected {other:?}")))
+                Err(SandboxError::Lost(format!("unexpected {other:?}")))
             }
             Err(e) => {
                 h.stop();
@@ -426,10 +426,10 @@ impl Sandbox {
         });
         drop((stdout_fd, stderr_fd));
         match started {
-            Ok((helper, pid)) => {
+            Ok((process, pid)) => {
                 tracing::debug!(pid, "program started");
                 Ok(Sandbox {
-                    helper,
+                    process,
                     rundir,
                     keep_upper: run.keep_upper,
                     pid,
@@ -447,7 +447,7 @@ impl Sandbox {
 
     /// A handle that kills this sandbox from elsewhere.
     pub fn killer(&self) -> io::Result<Killer> {
-        Ok(Killer(self.helper.control.try_clone()?))
+        Ok(Killer(self.process.control.try_clone()?))
     }
 
     /// The run's upper layer (what it wrote), kept when `keep_upper` was set.
@@ -478,25 +478,25 @@ impl Sandbox {
         interrupt: Option<BorrowedFd<'_>>,
     ) -> Result<Outcome, SandboxError> {
         let event = match interrupt {
-            Some(fd) => self.helper.next_event_interruptible(fd),
-            None => self.helper.next_event(),
+            Some(fd) => self.process.next_event_interruptible(fd),
+            None => self.process.next_event(),
         };
         let result = match event {
             Ok(Event::Finished { outcome }) => Ok(outcome),
-            Ok(other) => Err(SandboxError::Helper(format!("unexpected {other:?}"))),
+            Ok(other) => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
             Err(e) => Err(e),
         };
         tracing::debug!(?result, "sandbox finished");
-        let crashed = matches!(result, Err(SandboxError::Helper(_)));
+        let crashed = matches!(result, Err(SandboxError::Lost(_)));
         if crashed {
             // The keeper died without its word: its pid namespace dies with
             // it, but only its end (our child's) says that all is gone.
-            let _ = self.helper.child.wait();
+            let _ = self.process.child.wait();
         }
         // After its report the keeper has killed every process of the
         // sandbox: the overlay's directories go while it exits.
         finish_rundir(cfg, self.rundir, self.keep_upper && !crashed, || {
-            let _ = self.helper.child.wait();
+            let _ = self.process.child.wait();
         });
         tracing::debug!("run directory removed, sandbox gone");
         result
