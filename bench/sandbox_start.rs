@@ -1,6 +1,7 @@
 //! In-process cost of starting one sandbox through the library API, with
 //! the rootfs ready: `Sandbox::start` until the program runs, and the full
-//! start → exit → teardown of `true`. Run by bench/startup.sh as the
+//! start → exit → teardown of `true`; with a new user namespace per
+//! sandbox and with one held for all. Run by bench/startup.sh as the
 //! unprivileged user:
 //!
 //!     sandbox_start <compute-worker binary> <rootfs> <state dir> [runs]
@@ -22,23 +23,37 @@ fn main() {
         std::process::exit(2);
     }
     let runs: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(50);
-    let mut cfg = SandboxConfig::for_current_user(PathBuf::from(&args[3]), None).expect("config");
-    cfg.binary = PathBuf::from(&args[1]);
+    // Two configurations, their runs alternating: one that maps a new user
+    // namespace for every sandbox (as `exec` does), one that holds a
+    // mapped namespace for all of them (as `serve`, `run` and pulls do).
+    let mut fresh = SandboxConfig::for_current_user(PathBuf::from(&args[3]), None).expect("config");
+    fresh.binary = PathBuf::from(&args[1]);
+    let mut held = fresh.clone();
+    held.hold_user_namespace()
+        .expect("holding a user namespace");
     let run = RunSpec::new(&args[2], vec!["true".into()]);
-    let (mut start, mut total) = (Vec::new(), Vec::new());
+    let mut times = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     for _ in 0..runs {
-        let t = Instant::now();
-        let sb = Sandbox::start(&cfg, &run, Output::Null, Output::Null).expect("start");
-        start.push(t.elapsed());
-        assert!(sb.wait(&cfg).expect("wait").success());
-        total.push(t.elapsed());
+        for (cfg, (start, total)) in [&fresh, &held].into_iter().zip(times.iter_mut()) {
+            let t = Instant::now();
+            let sb = Sandbox::start(cfg, &run, Output::Null, Output::Null).expect("start");
+            start.push(t.elapsed());
+            assert!(sb.wait(cfg).expect("wait").success());
+            total.push(t.elapsed());
+        }
     }
-    println!(
-        "library start (until the program runs): median {:.1} ms over {runs} runs",
-        median(start).as_secs_f64() * 1e3
-    );
-    println!(
-        "library start → exit → teardown of `true`: median {:.1} ms",
-        median(total).as_secs_f64() * 1e3
-    );
+    let ms = |v: Vec<Duration>| median(v).as_secs_f64() * 1e3;
+    for (name, (start, total)) in ["new user namespace", "held user namespace"]
+        .into_iter()
+        .zip(times)
+    {
+        println!(
+            "library start, {name} (until the program runs): median {:.1} ms over {runs} runs",
+            ms(start)
+        );
+        println!(
+            "library start → exit → teardown of `true`, {name}: median {:.1} ms",
+            ms(total)
+        );
+    }
 }

@@ -12,7 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-100}
 USER_NAME=${COMPUTE_WORKER_TEST_USER:-cwtest}
-command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null
+# The peers come from the distribution (apt-get update first on a fresh host).
+for tool in runc podman; do
+  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
+done
 cargo build --release --benches -q
 BIN_SRC=target/release/compute-worker
 LIB_BENCH=$(ls -t target/release/deps/sandbox_start-* | grep -v '\.d$' | head -1)

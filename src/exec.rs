@@ -10,6 +10,14 @@ use anyhow::Result;
 use crate::cli::{ExecArgs, SandboxArgs};
 use crate::sandbox::cgroup::{self, Lookup};
 use crate::sandbox::{self, Delegation, Limits, Output, RunSpec, Sandbox, SandboxConfig};
+/// How many sandbox processes a command starts: one (`exec`), or many
+/// (a job, a pull), for which one user namespace is made and held for all
+/// (see [`SandboxConfig::hold_user_namespace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Starts {
+    One,
+    Many,
+}
 
 /// Build the sandbox configuration from the command line, and clean up
 /// after crashed runs.
@@ -19,13 +27,20 @@ use crate::sandbox::{self, Delegation, Limits, Output, RunSpec, Sandbox, Sandbox
 /// ready here, while this process is still single-threaded (on cgroup v2
 /// the worker may have to move itself into a leaf of it). Without one
 /// they run without limits, and say so once when they asked for some.
-pub fn sandbox_config(args: &SandboxArgs, limits: Option<&Limits>) -> Result<SandboxConfig> {
+pub fn sandbox_config(
+    args: &SandboxArgs,
+    limits: Option<&Limits>,
+    starts: Starts,
+) -> Result<SandboxConfig> {
     let state_dir = args
         .state_dir
         .clone()
         .unwrap_or_else(sandbox::default_state_dir);
     let cgroup = limits.and_then(|l| delegated_cgroup(args.cgroup_parent.as_deref(), l));
-    let cfg = SandboxConfig::for_current_user(state_dir, cgroup)?;
+    let mut cfg = SandboxConfig::for_current_user(state_dir, cgroup)?;
+    if starts == Starts::Many {
+        cfg.hold_user_namespace()?;
+    }
     let removed = cfg.clean_stale()?;
     if removed > 0 {
         tracing::info!(removed, "removed run directories left by crashed runs");
@@ -116,7 +131,7 @@ pub fn image_run(image: &rootfs_cache::Image, command: Vec<String>) -> Result<Ru
 /// Run the command; returns the exit code for the process.
 pub fn run(args: ExecArgs) -> Result<i32> {
     let limits = args.limits.limits();
-    let cfg = sandbox_config(&args.sandbox, Some(&limits))?;
+    let cfg = sandbox_config(&args.sandbox, Some(&limits), Starts::One)?;
     // With --image, the lease keeps the image from eviction while it runs.
     let (mut run, _lease) = match (&args.rootfs, &args.image) {
         (Some(rootfs), _) => (RunSpec::new(rootfs, args.command), None),

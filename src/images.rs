@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use rootfs_cache::{LayerUnpacker, Store, StoreOptions, UnpackOptions, UnpackReport};
 
 use crate::cli::{ImageArgs, ImagesArgs, ImportArgs, PruneArgs, PullArgs};
+use crate::exec::Starts;
 use crate::sandbox::SandboxConfig;
 
 /// Unpacks layers as root of a user namespace with the sandbox's id maps,
@@ -128,7 +129,7 @@ fn print_images(images: &[rootfs_cache::Image]) {
 }
 
 pub fn pull(args: PullArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None, Starts::Many)?;
     let store = open_store(&args.images, &sandbox)?;
     let progress = rootfs_cache::progress::auto();
     let image = runtime()?.block_on(store.pull(&args.image, &*progress))?;
@@ -137,7 +138,7 @@ pub fn pull(args: PullArgs) -> Result<i32> {
 }
 
 pub fn import(args: ImportArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None, Starts::Many)?;
     let store = open_store(&args.images, &sandbox)?;
     let progress = rootfs_cache::progress::auto();
     let images = runtime()?.block_on(store.import(&args.path, args.name.as_deref(), &*progress))?;
@@ -146,7 +147,7 @@ pub fn import(args: ImportArgs) -> Result<i32> {
 }
 
 pub fn list(args: ImagesArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None, Starts::One)?;
     let store = open_store(&args.images, &sandbox)?;
     let images = store.images()?;
     if args.json {
@@ -185,7 +186,7 @@ pub fn list(args: ImagesArgs) -> Result<i32> {
 }
 
 pub fn prune(args: PruneArgs) -> Result<i32> {
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, None)?;
+    let sandbox = crate::exec::sandbox_config(&args.sandbox, None, Starts::Many)?;
     let store = open_store(&args.images, &sandbox)?;
     let target = if args.all {
         0

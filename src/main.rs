@@ -6,8 +6,11 @@ use compute_worker::config::{self, Early};
 fn main() {
     // The sandbox helper must start before anything else: it forks, so it
     // must stay single-threaded.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__sandbox") {
-        use compute_worker::sandbox::helper;
+    use compute_worker::sandbox::helper;
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == helper::LAUNCHER_ARG)
+    {
         init_logging(LogFormat::Human, helper::LOG_VAR, helper::LOG_DEFAULT);
         helper::main();
     }

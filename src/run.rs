@@ -85,7 +85,8 @@ fn busybox_rootfs(state_dir: &Path) -> Result<PathBuf> {
 
 pub fn run(args: LocalRunArgs) -> Result<i32> {
     let limits = args.limits.limits();
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, Some(&limits))?;
+    let sandbox =
+        crate::exec::sandbox_config(&args.sandbox, Some(&limits), crate::exec::Starts::Many)?;
     let results = std::path::absolute(&args.results)?;
     std::fs::create_dir_all(&results)?;
 

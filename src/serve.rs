@@ -27,7 +27,8 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     if let Some(cpus) = args.slot_cpus.first() {
         wanted.cpus.get_or_insert_with(|| cpus.clone());
     }
-    let sandbox = crate::exec::sandbox_config(&args.sandbox, Some(&wanted))?;
+    let sandbox =
+        crate::exec::sandbox_config(&args.sandbox, Some(&wanted), crate::exec::Starts::Many)?;
     if let Some(d) = &sandbox.cgroup {
         // Refuse at start what every job would fail on.
         d.check_limits(&wanted)

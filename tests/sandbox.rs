@@ -672,3 +672,99 @@ fn seccomp_refuses_new_namespaces_and_keyrings() {
         "b\nok\n"
     );
 }
+
+/// `compute-worker run` starts many sandbox processes (two steps and their
+/// removals) from a process with threads: it holds one mapped user
+/// namespace, which each launcher joins. Both steps run as root mapped to
+/// the subordinate ids, in that namespace, with mount, pid and network
+/// namespaces of their own, and nothing is left in it afterwards.
+#[test]
+fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
+    let e = env();
+    let dir = user_dir("held-userns-job", 0o755);
+    let report = "id -u; for ns in user mnt pid net; do readlink /proc/self/ns/$ns; done; \
+                  cat /proc/self/uid_map";
+    let files = [
+        (
+            "ingestion/metadata.yaml",
+            "command: sh $ingestion_program/ingest.sh $output\n".to_string(),
+        ),
+        (
+            "ingestion/ingest.sh",
+            format!("{report}\necho 1 > \"$1/predictions.txt\"\n"),
+        ),
+        ("submission/predict.sh", "echo 1\n".to_string()),
+        (
+            "scoring/metadata.yaml",
+            "command: sh /app/program/score.sh /app/output\n".to_string(),
+        ),
+        (
+            "scoring/score.sh",
+            format!("{report}\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
+        ),
+    ];
+    for (path, text) in &files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+    }
+    sandbox_env::chown_tree(&dir, e.uid, e.gid);
+    let arg = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let rootfs = e.rootfs.to_string_lossy().into_owned();
+    let state = user_dir("held-userns-state", 0o755);
+    let mut cmd = e.command(&[
+        "run",
+        "--rootfs",
+        &rootfs,
+        "--submission",
+        &arg("submission"),
+        "--ingestion-program",
+        &arg("ingestion"),
+        "--scoring-program",
+        &arg("scoring"),
+        "--results",
+        &arg("results"),
+        "--network",
+        "none",
+    ]);
+    cmd.env("COMPUTE_WORKER_STATE_DIR", &state);
+    let r = sandbox_env::Run(cmd.output().unwrap());
+    r.ok();
+    let step = |log: &str| -> Vec<String> {
+        let text = fs::read_to_string(dir.join("results").join(log)).unwrap();
+        text.lines().map(String::from).collect()
+    };
+    let prediction = step("prediction/ingestion_stdout.txt");
+    let scoring = step("scoring/stdout.txt");
+    let uid_line = format!("0 {} 1", e.uid);
+    let sub_line = format!("1 {} {}", e.subuid_start, e.subuid_count);
+    for (name, lines) in [("prediction", &prediction), ("scoring", &scoring)] {
+        assert!(lines.len() >= 6, "{name}: {lines:?}");
+        assert_eq!(lines[0], "0", "{name}: root inside");
+        let map: Vec<String> = lines[5..]
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert!(
+            map.contains(&uid_line) && map.contains(&sub_line),
+            "{name}: {map:?}"
+        );
+    }
+    assert_eq!(prediction[1], scoring[1], "one user namespace for the job");
+    for i in 2..5 {
+        assert_ne!(prediction[i], scoring[i], "namespaces of their own");
+    }
+    let held = &prediction[1];
+    let host_ns = fs::read_link("/proc/self/ns/user").unwrap();
+    assert_ne!(held.as_str(), host_ns.to_string_lossy(), "not the host's");
+    let inside: Vec<_> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            fs::read_link(p.path().join("ns/user")).is_ok_and(|l| l.to_string_lossy() == *held)
+        })
+        .map(|p| p.file_name())
+        .collect();
+    assert!(inside.is_empty(), "processes left in it: {inside:?}");
+    assert_eq!(fs::read_dir(state.join("runs")).unwrap().count(), 0);
+}

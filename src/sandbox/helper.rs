@@ -3,18 +3,20 @@
 //! for callers with threads.
 //!
 //! A sandbox process waits until the caller has written its user
-//! namespace's id maps, becomes root there, and does its task: a run (it is
+//! namespace's id maps (in a held user namespace, see `userns.rs`, they
+//! were written once), becomes root there, and does its task: a run (it is
 //! then the keeper, see [`super::keeper`]) or a one-shot task (remove
 //! directories, unpack a layer, probe an overlay mount).
 
 use std::fs::File;
 use std::io::BufReader;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, MsFlags};
+use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{Gid, Uid};
 
@@ -42,14 +44,39 @@ pub fn main_cloned(task: Task) -> ! {
         .finish();
     // This process has one thread, and its clones copy its default.
     let _logging = tracing::subscriber::set_default(logger);
-    exit_with(run_task(task, control_socket(), LauncherParent::No))
+    exit_with(run_task(task, control_socket(), Origin::Caller))
 }
 
-/// Entry point of `compute-worker __sandbox`, the launcher: read the task,
-/// clone its sandbox process, tell the caller its pid, and wait for it.
-/// Never returns.
+/// The hidden subcommand that makes the binary a launcher.
+pub const LAUNCHER_ARG: &str = "__sandbox";
+/// The launcher's flag: join the user namespace on [`fds::USERNS`] first.
+pub const JOIN_USERNS_ARG: &str = "--join-userns";
+
+/// Entry point of `compute-worker __sandbox [--join-userns]`, the launcher:
+/// read the task, clone its sandbox process, tell the caller its pid, and
+/// wait for it. Never returns.
 pub fn main() -> ! {
-    exit_with(launch())
+    let join = std::env::args_os()
+        .nth(2)
+        .is_some_and(|a| a == JOIN_USERNS_ARG);
+    exit_with(join_held_userns(join).and_then(|()| launch(join)))
+}
+
+/// Entry point of a launcher cloned from its caller, already in the
+/// caller's held user namespace (see `process.rs`), with its task. Never
+/// returns.
+pub fn main_cloned_launcher(task: Task) -> ! {
+    exit_with(launch_task(task, control_socket(), true))
+}
+
+fn join_held_userns(join: bool) -> Result<()> {
+    if !join {
+        return Ok(());
+    }
+    // SAFETY: the caller starts us with the namespace on this fd when it
+    // passes the flag, and nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fds::USERNS) };
+    super::userns::join(fd.as_fd()).context("joining the worker's user namespace")
 }
 
 fn exit_with(result: Result<()>) -> ! {
@@ -69,25 +96,43 @@ fn control_socket() -> UnixStream {
     unsafe { UnixStream::from_raw_fd(fds::CONTROL) }
 }
 
-/// Whether the sandbox process's parent is a launcher (whose death must
-/// take the sandbox with it) or the caller itself (whose death the sandbox
-/// sees as the end of its control socket, and cleans up after).
+/// How the sandbox process came to be. Its parent is the caller itself
+/// (whose death it sees as the end of its control socket, and cleans up
+/// after) or a launcher (whose death must take the sandbox with it); in a
+/// held user namespace there are no id maps to wait for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum LauncherParent {
-    Yes,
-    No,
+pub enum Origin {
+    Caller,
+    Launcher { held_userns: bool },
 }
 
-fn launch() -> Result<()> {
-    let mut control = control_socket();
+/// The exec'd launcher: read the task, and launch it.
+fn launch(joined: bool) -> Result<()> {
+    let control = control_socket();
     let task: Task = {
         let mut reader = BufReader::new(&control);
         wire::recv(&mut reader)?.context("no task on the control socket")?
     };
-    // SAFETY: the launcher is a fresh exec of the binary that has started
-    // no thread, and the child never returns from `run_task`'s exit.
-    match unsafe { clone_with(task.clone_flags()) }.context("clone")? {
-        CloneResult::Child => exit_with(run_task(task, control, LauncherParent::Yes)),
+    launch_task(task, control, joined)
+}
+
+/// Clone the task's sandbox process: in a new user namespace, or, when
+/// this launcher has `joined` a held one, in that namespace.
+fn launch_task(task: Task, mut control: UnixStream, joined: bool) -> Result<()> {
+    let (mut flags, origin) = (
+        task.clone_flags(),
+        Origin::Launcher {
+            held_userns: joined,
+        },
+    );
+    if joined {
+        flags.remove(CloneFlags::CLONE_NEWUSER);
+    }
+    // SAFETY: the launcher is a fresh exec of the binary, or a clone of a
+    // single-threaded caller, that has started no thread, and the child
+    // never returns from `run_task`'s exit.
+    match unsafe { clone_with(flags) }.context("clone")? {
+        CloneResult::Child => exit_with(run_task(task, control, origin)),
         CloneResult::Parent(child) => {
             wire::send(
                 &mut control,
@@ -107,15 +152,17 @@ fn launch() -> Result<()> {
 }
 
 /// In the new namespaces: wait for the id maps, become root, do `task`.
-fn run_task(task: Task, mut control: UnixStream, parent: LauncherParent) -> Result<()> {
-    if parent == LauncherParent::Yes {
+fn run_task(task: Task, mut control: UnixStream, origin: Origin) -> Result<()> {
+    if origin != Origin::Caller {
         // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     }
     let mut reader = BufReader::new(control.try_clone()?);
-    match wire::recv::<Command>(&mut reader)? {
-        Some(Command::Mapped) => {}
-        _ => return Ok(()), // the caller gave up
+    if origin != (Origin::Launcher { held_userns: true }) {
+        match wire::recv::<Command>(&mut reader)? {
+            Some(Command::Mapped) => {}
+            _ => return Ok(()), // the caller gave up
+        }
     }
     become_root()?;
 

@@ -55,6 +55,11 @@ pub enum IdMapError {
     },
     #[error("writing {file} failed: {source}")]
     Write { file: PathBuf, source: io::Error },
+    #[error("cannot make the user namespace the sandboxes share ({step}): {source}")]
+    Hold {
+        step: &'static str,
+        source: io::Error,
+    },
 }
 
 impl IdMaps {

@@ -18,6 +18,7 @@ pub mod rundir;
 pub mod seccomp;
 pub mod spec;
 pub mod types;
+mod userns;
 mod wire;
 
 use std::fs::File;
@@ -50,6 +51,10 @@ pub struct SandboxConfig {
     /// with threads).
     pub binary: PathBuf,
     pub maps: IdMaps,
+    /// The user namespace every sandbox process joins, once held (see
+    /// [`SandboxConfig::hold_user_namespace`]); without it each gets a new
+    /// one, mapped by `newuidmap`/`newgidmap`.
+    userns: Option<Arc<userns::HeldUserNamespace>>,
     /// The seccomp filter, loaded (or compiled) at the first run.
     seccomp: Arc<OnceLock<Result<Option<seccomp::Program>, String>>>,
 }
@@ -106,8 +111,22 @@ impl SandboxConfig {
                 source,
             })?,
             maps: IdMaps::for_current_user()?,
+            userns: None,
             seccomp: Arc::default(),
         })
+    }
+
+    /// Make one user namespace with this config's maps and start every
+    /// later sandbox process in it (a run's keeper, a layer unpack, a
+    /// removal): for a caller that starts many, this saves mapping a new
+    /// namespace each time (two setuid program starts). Every run still
+    /// gets its own other namespaces. Nothing runs to hold it: this config
+    /// (and its clones) keep a file descriptor.
+    pub fn hold_user_namespace(&mut self) -> Result<(), SandboxError> {
+        if self.userns.is_none() {
+            self.userns = Some(Arc::new(userns::HeldUserNamespace::create(&self.maps)?));
+        }
+        Ok(())
     }
 
     /// The seccomp filter every run gets (`None` in a build without the
@@ -245,33 +264,47 @@ impl SandboxProcess {
             dup_high(input.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
         ];
         let null = dup_high(null.as_raw_fd())?;
-        let started = process::start(&cfg.binary, task, &handed, &null).map_err(|source| {
-            SandboxError::Spawn {
-                exe: cfg.binary.clone(),
-                source,
-            }
-        })?;
+        let userns = cfg.userns.as_deref().map(AsFd::as_fd);
+        let started =
+            process::start(&cfg.binary, task, &handed, &null, userns).map_err(|source| {
+                SandboxError::Spawn {
+                    exe: cfg.binary.clone(),
+                    source,
+                }
+            })?;
         drop((handed, null, input));
         drop(theirs);
 
-        let (child, launched) = match started {
-            Started::Cloned(child) => (child, false),
-            Started::Launcher(child) => (child, true),
+        let (child, send_task, launched) = match started {
+            Started::Cloned(child) => (child, false, false),
+            Started::Launcher(child) => (child, true, true),
+            Started::ClonedLauncher(child) => (child, false, true),
         };
         let mut h = SandboxProcess {
             child,
             events: BufReader::new(ours.try_clone()?),
             control: ours,
         };
-        let pid = if launched {
+        if send_task {
             wire::send(&mut h.control, task)?;
-            match h.next_event()? {
-                Event::Cloned { pid } => pid as u32,
-                other => return Err(SandboxError::Lost(format!("unexpected {other:?}"))),
+        }
+        let pid = if launched {
+            match h.next_event() {
+                Ok(Event::Cloned { pid }) => pid as u32,
+                other => {
+                    h.stop();
+                    return Err(SandboxError::Lost(format!("unexpected {other:?}")));
+                }
             }
         } else {
             h.child.id()
         };
+        if userns.is_some() {
+            // Mapped once, when it was made: the sandbox process goes on
+            // without waiting for us.
+            tracing::debug!(pid, "sandbox process cloned in the held user namespace");
+            return Ok(h);
+        }
         tracing::debug!(pid, "sandbox process cloned; writing id maps");
         if let Err(e) = cfg.maps.apply(pid) {
             h.stop();
@@ -332,7 +365,7 @@ impl SandboxProcess {
     }
 }
 
-fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC returns a new fd (or -1) and touches no memory.
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
     if new < 0 {

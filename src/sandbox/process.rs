@@ -12,13 +12,19 @@
 //! *launcher* reads the task, makes the same clone, tells the caller the
 //! sandbox process's pid, and waits for it.
 //!
+//! With a held user namespace (`userns.rs`) the sandbox process is made in
+//! it instead of in a new one: a launcher joins it (`setns(2)`) and clones
+//! the sandbox process with the other namespaces. That launcher is a clone
+//! of a single-threaded caller, or the exec'd `__sandbox --join-userns`
+//! with the namespace on [`fds::USERNS`]; the caller has no maps to write.
+//!
 //! Either way the sandbox process starts with the handed fds on
 //! [`fds::CONTROL`]..[`fds::INPUT`] and no other fd above stderr, stdin and
 //! stdout on /dev/null, stderr shared with the caller, its own process
 //! group, no blocked signals and no signal handlers of the caller.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -55,6 +61,9 @@ pub enum Started {
     /// A launcher runs it: send it the task, and it answers with the
     /// sandbox process's pid (`Event::Cloned`).
     Launcher(ChildProcess),
+    /// A launcher cloned from this process (in the held user namespace)
+    /// runs it: it has the task already, and answers with the pid.
+    ClonedLauncher(ChildProcess),
 }
 
 impl ChildProcess {
@@ -95,18 +104,22 @@ impl ChildProcess {
 /// Start the sandbox process for `task` with `handed` (control socket,
 /// stdout, stderr, lock, input; each a close-on-exec fd numbered above
 /// every target) and `null` (a /dev/null opened for writing, likewise
-/// numbered high).
+/// numbered high). With `userns`, the sandbox process is made in that user
+/// namespace, always by a launcher.
 pub fn start(
     exe: &Path,
     task: &Task,
     handed: &[OwnedFd; HANDED],
     null: &OwnedFd,
+    userns: Option<BorrowedFd<'_>>,
 ) -> io::Result<Started> {
     let raw = handed.each_ref().map(|f| f.as_raw_fd());
-    if single_threaded() {
-        clone_sandbox(task, raw, null.as_raw_fd()).map(Started::Cloned)
-    } else {
-        exec_launcher(exe, raw).map(Started::Launcher)
+    match (single_threaded(), userns) {
+        (true, None) => clone_sandbox(task, raw, null.as_raw_fd()).map(Started::Cloned),
+        (true, Some(userns)) => {
+            clone_launcher(task, raw, null.as_raw_fd(), userns).map(Started::ClonedLauncher)
+        }
+        (false, userns) => exec_launcher(exe, raw, userns).map(Started::Launcher),
     }
 }
 
@@ -161,10 +174,44 @@ fn clone_sandbox(task: &Task, raw: [RawFd; HANDED], null: RawFd) -> io::Result<C
     }
 }
 
-fn exec_launcher(exe: &Path, raw: [RawFd; HANDED]) -> io::Result<ChildProcess> {
+/// A launcher cloned from this single-threaded process: it joins `userns`,
+/// then does what the exec'd launcher does.
+fn clone_launcher(
+    task: &Task,
+    raw: [RawFd; HANDED],
+    null: RawFd,
+    userns: BorrowedFd<'_>,
+) -> io::Result<ChildProcess> {
+    // SAFETY: as in `clone_sandbox`; the child never returns from
+    // `main_cloned_launcher`.
+    match unsafe { clone_with(CloneFlags::empty()) }? {
+        CloneResult::Child => {
+            let joined = super::userns::join(userns)
+                .map_err(|e| io::Error::new(e.kind(), format!("joining the user namespace: {e}")))
+                .and_then(|()| become_sandbox_process(raw, null));
+            if let Err(e) = joined {
+                eprintln!("compute-worker: cannot start the sandbox launcher: {e}");
+                // SAFETY: as in `clone_sandbox`.
+                unsafe { libc::_exit(1) }
+            }
+            super::helper::main_cloned_launcher(task.clone())
+        }
+        CloneResult::Parent(pid) => Ok(ChildProcess { pid, status: None }),
+    }
+}
+
+fn exec_launcher(
+    exe: &Path,
+    raw: [RawFd; HANDED],
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<ChildProcess> {
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("__sandbox")
-        .stdin(Stdio::null())
+    cmd.arg(super::helper::LAUNCHER_ARG);
+    let userns = userns.map(|fd| fd.as_raw_fd());
+    if userns.is_some() {
+        cmd.arg(super::helper::JOIN_USERNS_ARG);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         // Own process group: a terminal's Ctrl-C reaches the caller,
@@ -174,8 +221,9 @@ fn exec_launcher(exe: &Path, raw: [RawFd; HANDED]) -> io::Result<ChildProcess> {
     // calls dup2, which is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            for (src, dst) in raw.iter().zip(TARGETS) {
-                if libc::dup2(*src, dst) < 0 {
+            let userns = userns.map(|fd| (fd, fds::USERNS));
+            for (src, dst) in raw.iter().copied().zip(TARGETS).chain(userns) {
+                if libc::dup2(src, dst) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

@@ -18,6 +18,9 @@ pub mod fds {
     pub const LOCK: i32 = 6;
     /// The layer stream of an `Unpack` task.
     pub const INPUT: i32 = 7;
+    /// The held user namespace, for a launcher that joins it (only until
+    /// it has).
+    pub const USERNS: i32 = 8;
 }
 
 /// What a sandbox process is asked to do inside its user namespace.
@@ -72,7 +75,8 @@ impl Task {
 /// Caller → sandbox process.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Command {
-    /// The id maps of the sandbox's user namespace are written.
+    /// The id maps of the sandbox's user namespace are written (or were,
+    /// once, for a held one).
     Mapped,
     /// Kill the sandbox now.
     Kill,
@@ -82,7 +86,8 @@ pub enum Command {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
     /// From a launcher: the sandbox process is cloned (`pid` in the
-    /// caller's pid namespace) and waits for its id maps.
+    /// caller's pid namespace) and waits for its id maps (or, in a held
+    /// user namespace, for the word that there are none to write).
     Cloned { pid: i32 },
     /// The program runs; `pid` is its pid in the keeper's pid namespace.
     Started { pid: i32 },
