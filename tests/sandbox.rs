@@ -675,15 +675,15 @@ fn seccomp_refuses_new_namespaces_and_keyrings() {
 
 /// `compute-worker run` starts many sandbox processes (two steps and their
 /// removals) from a process with threads: it holds one mapped user
-/// namespace, which each launcher joins. Both steps run as root mapped to
-/// the subordinate ids, in that namespace, with mount, pid and network
-/// namespaces of their own, and nothing is left in it afterwards.
+/// namespace, which each launcher joins. While each step runs, its user
+/// namespace is the one the worker holds a descriptor to; both steps run as
+/// root mapped to the subordinate ids, and nothing is left in the namespace
+/// afterwards.
 #[test]
 fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
     let e = env();
     let dir = user_dir("held-userns-job", 0o755);
-    let report = "id -u; for ns in user mnt pid net; do readlink /proc/self/ns/$ns; done; \
-                  cat /proc/self/uid_map";
+    let report = "id -u; cat /proc/self/uid_map";
     let files = [
         (
             "ingestion/metadata.yaml",
@@ -691,7 +691,7 @@ fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
         ),
         (
             "ingestion/ingest.sh",
-            format!("{report}\necho 1 > \"$1/predictions.txt\"\n"),
+            format!("{report}\nsleep 1.4293\necho 1 > \"$1/predictions.txt\"\n"),
         ),
         ("submission/predict.sh", "echo 1\n".to_string()),
         (
@@ -700,7 +700,7 @@ fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
         ),
         (
             "scoring/score.sh",
-            format!("{report}\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
+            format!("{report}\nsleep 1.4294\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
         ),
     ];
     for (path, text) in &files {
@@ -727,41 +727,63 @@ fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
         "--network",
         "none",
     ]);
-    cmd.env("COMPUTE_WORKER_STATE_DIR", &state);
-    let r = sandbox_env::Run(cmd.output().unwrap());
-    r.ok();
-    let step = |log: &str| -> Vec<String> {
-        let text = fs::read_to_string(dir.join("results").join(log)).unwrap();
-        text.lines().map(String::from).collect()
+    cmd.env("COMPUTE_WORKER_STATE_DIR", &state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let worker = cmd.spawn().unwrap();
+    // setpriv execs the worker: the same pid.
+    let held_by_worker = |ns: &str| {
+        fs::read_dir(format!("/proc/{}/fd", worker.id()))
+            .unwrap()
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == ns))
     };
-    let prediction = step("prediction/ingestion_stdout.txt");
-    let scoring = step("scoring/stdout.txt");
+    let mut namespaces = Vec::new();
+    for marker in ["sleep 1.4293", "sleep 1.4294"] {
+        let pid = wait_for_process(marker);
+        let ns = fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        let ns = ns.to_string_lossy().into_owned();
+        assert!(
+            held_by_worker(&ns),
+            "{marker}: runs in {ns}, which the worker does not hold"
+        );
+        namespaces.push(ns);
+    }
+    sandbox_env::Run(worker.wait_with_output().unwrap()).ok();
+    assert_eq!(
+        namespaces[0], namespaces[1],
+        "one user namespace for the job"
+    );
+    let host_ns = fs::read_link("/proc/self/ns/user").unwrap();
+    assert_ne!(
+        namespaces[0].as_str(),
+        host_ns.to_string_lossy(),
+        "not the host's"
+    );
     let uid_line = format!("0 {} 1", e.uid);
     let sub_line = format!("1 {} {}", e.subuid_start, e.subuid_count);
-    for (name, lines) in [("prediction", &prediction), ("scoring", &scoring)] {
-        assert!(lines.len() >= 6, "{name}: {lines:?}");
-        assert_eq!(lines[0], "0", "{name}: root inside");
-        let map: Vec<String> = lines[5..]
-            .iter()
+    for log in ["prediction/ingestion_stdout.txt", "scoring/stdout.txt"] {
+        let text = fs::read_to_string(dir.join("results").join(log)).unwrap();
+        let lines: Vec<String> = text
+            .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .collect();
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("0"),
+            "{log}: root inside: {text}"
+        );
         assert!(
-            map.contains(&uid_line) && map.contains(&sub_line),
-            "{name}: {map:?}"
+            lines.contains(&uid_line) && lines.contains(&sub_line),
+            "{log}: subordinate ids mapped: {text}"
         );
     }
-    assert_eq!(prediction[1], scoring[1], "one user namespace for the job");
-    for i in 2..5 {
-        assert_ne!(prediction[i], scoring[i], "namespaces of their own");
-    }
-    let held = &prediction[1];
-    let host_ns = fs::read_link("/proc/self/ns/user").unwrap();
-    assert_ne!(held.as_str(), host_ns.to_string_lossy(), "not the host's");
     let inside: Vec<_> = fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|p| {
-            fs::read_link(p.path().join("ns/user")).is_ok_and(|l| l.to_string_lossy() == *held)
+            fs::read_link(p.path().join("ns/user"))
+                .is_ok_and(|l| l.to_string_lossy() == namespaces[0])
         })
         .map(|p| p.file_name())
         .collect();

@@ -11,7 +11,7 @@
 mod sandbox_env;
 
 use std::fs;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output as ProcessOutput, Stdio};
 use std::time::{Duration, Instant};
@@ -199,10 +199,9 @@ struct Report {
     uid_map: Vec<Vec<String>>,
 }
 
-fn report(cfg: &SandboxConfig, rootfs: &Path) -> Report {
-    let out = sh(cfg, rootfs, REPORT);
+fn parse_report(out: &str) -> Report {
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines.len() >= 6, "{out}");
+    assert!(lines.len() >= 7, "{out}");
     Report {
         uid: lines[0].to_string(),
         user_ns: lines[1].to_string(),
@@ -212,6 +211,29 @@ fn report(cfg: &SandboxConfig, rootfs: &Path) -> Report {
             .map(|l| l.split_whitespace().map(String::from).collect())
             .collect(),
     }
+}
+
+/// Reports of two sandboxes alive at the same time (namespace numbers are
+/// reused once a namespace is gone, so only live ones compare): the first,
+/// of `a`, waits while the second, of `b`, runs.
+fn reports_side_by_side(a: &SandboxConfig, b: &SandboxConfig, rootfs: &Path) -> [Report; 2] {
+    let script = format!("{REPORT}; echo end; exec sleep 60");
+    let run = RunSpec::new(rootfs, vec!["sh".into(), "-c".into(), script]);
+    let mut first = Sandbox::start(a, &run, Output::Pipe, Output::Inherit).expect("start");
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line == "end" {
+            break;
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let second = parse_report(&sh(b, rootfs, REPORT));
+    first.killer().unwrap().kill();
+    let _ = first.wait(a);
+    [parse_report(&out), second]
 }
 
 fn client_namespaces() {
@@ -230,16 +252,9 @@ fn client_namespaces() {
 
     let own_ns = fs::read_link("/proc/self/ns/user").unwrap();
     let own_ns = own_ns.to_string_lossy();
-    let reports: Vec<(&str, Report)> = [
-        ("fresh", &fresh),
-        ("fresh", &fresh),
-        ("held", &held),
-        ("held", &held),
-    ]
-    .into_iter()
-    .map(|(name, cfg)| (name, report(cfg, &args.rootfs)))
-    .collect();
-    for (name, r) in &reports {
+    let [f1, f2] = reports_side_by_side(&fresh, &fresh, &args.rootfs);
+    let [h1, h2] = reports_side_by_side(&held, &held, &args.rootfs);
+    for (name, r) in [("fresh", &f1), ("fresh", &f2), ("held", &h1), ("held", &h2)] {
         assert_eq!(r.uid, "0", "{name}: root inside");
         assert_ne!(r.user_ns, own_ns, "{name}: a user namespace of its own");
         assert!(
@@ -255,9 +270,6 @@ fn client_namespaces() {
             r.uid_map
         );
     }
-    let [(_, f1), (_, f2), (_, h1), (_, h2)] = &reports[..] else {
-        unreachable!()
-    };
     assert_ne!(f1.user_ns, f2.user_ns, "a new user namespace per sandbox");
     assert_eq!(h1.user_ns, h2.user_ns, "the held user namespace, shared");
     for (a, b) in h1.other_ns.iter().zip(&h2.other_ns) {
