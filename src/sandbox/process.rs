@@ -114,10 +114,13 @@ pub fn start(
     userns: Option<BorrowedFd<'_>>,
 ) -> io::Result<Started> {
     let raw = handed.each_ref().map(|f| f.as_raw_fd());
+    let null = null.as_raw_fd();
     match (single_threaded(), userns) {
-        (true, None) => clone_sandbox(task, raw, null.as_raw_fd()).map(Started::Cloned),
+        (true, None) => clone_child(task, Becomes::SandboxProcess, raw, null).map(Started::Cloned),
+        // A launcher cloned from this process joins the held namespace,
+        // then does what the exec'd launcher does.
         (true, Some(userns)) => {
-            clone_launcher(task, raw, null.as_raw_fd(), userns).map(Started::ClonedLauncher)
+            clone_child(task, Becomes::Launcher(userns), raw, null).map(Started::ClonedLauncher)
         }
         (false, userns) => exec_launcher(exe, raw, userns).map(Started::Launcher),
     }
@@ -156,45 +159,49 @@ pub unsafe fn clone_with(flags: CloneFlags) -> io::Result<CloneResult> {
     }
 }
 
-fn clone_sandbox(task: &Task, raw: [RawFd; HANDED], null: RawFd) -> io::Result<ChildProcess> {
+/// What a process cloned from this one becomes.
+enum Becomes<'a> {
+    /// The task's sandbox process.
+    SandboxProcess,
+    /// A launcher in the held user namespace it joins first.
+    Launcher(BorrowedFd<'a>),
+}
+
+/// Clone this single-threaded process for `task`. The child joins the held
+/// user namespace when it becomes a launcher, takes the handed fds as an
+/// exec'd process would, and never returns.
+fn clone_child(
+    task: &Task,
+    becomes: Becomes<'_>,
+    raw: [RawFd; HANDED],
+    null: RawFd,
+) -> io::Result<ChildProcess> {
+    let flags = match becomes {
+        Becomes::SandboxProcess => task.clone_flags(),
+        Becomes::Launcher(_) => CloneFlags::empty(),
+    };
     // SAFETY: this process has a single thread (checked just before, and
     // only this thread could have started another since), and the child
-    // never returns from `main_cloned`.
-    match unsafe { clone_with(task.clone_flags()) }? {
+    // never returns from the helper's entry points.
+    match unsafe { clone_with(flags) }? {
         CloneResult::Child => {
-            if let Err(e) = become_sandbox_process(raw, null) {
+            let ready = match becomes {
+                Becomes::SandboxProcess => Ok(()),
+                Becomes::Launcher(userns) => super::userns::join(userns).map_err(|e| {
+                    io::Error::new(e.kind(), format!("joining the user namespace: {e}"))
+                }),
+            }
+            .and_then(|()| become_sandbox_process(raw, null));
+            if let Err(e) = ready {
                 eprintln!("compute-worker: cannot start the sandbox process: {e}");
                 // SAFETY: _exit ends this process without running the
                 // caller's exit handlers.
                 unsafe { libc::_exit(1) }
             }
-            super::helper::main_cloned(task.clone())
-        }
-        CloneResult::Parent(pid) => Ok(ChildProcess { pid, status: None }),
-    }
-}
-
-/// A launcher cloned from this single-threaded process: it joins `userns`,
-/// then does what the exec'd launcher does.
-fn clone_launcher(
-    task: &Task,
-    raw: [RawFd; HANDED],
-    null: RawFd,
-    userns: BorrowedFd<'_>,
-) -> io::Result<ChildProcess> {
-    // SAFETY: as in `clone_sandbox`; the child never returns from
-    // `main_cloned_launcher`.
-    match unsafe { clone_with(CloneFlags::empty()) }? {
-        CloneResult::Child => {
-            let joined = super::userns::join(userns)
-                .map_err(|e| io::Error::new(e.kind(), format!("joining the user namespace: {e}")))
-                .and_then(|()| become_sandbox_process(raw, null));
-            if let Err(e) = joined {
-                eprintln!("compute-worker: cannot start the sandbox launcher: {e}");
-                // SAFETY: as in `clone_sandbox`.
-                unsafe { libc::_exit(1) }
+            match becomes {
+                Becomes::SandboxProcess => super::helper::main_cloned(task.clone()),
+                Becomes::Launcher(_) => super::helper::main_cloned_launcher(task.clone()),
             }
-            super::helper::main_cloned_launcher(task.clone())
         }
         CloneResult::Parent(pid) => Ok(ChildProcess { pid, status: None }),
     }
