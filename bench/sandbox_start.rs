@@ -1,7 +1,8 @@
 //! In-process cost of starting one sandbox through the library API, with
 //! the rootfs ready: `Sandbox::start` until the program runs, and the full
 //! start → exit → teardown of `true`; with a new user namespace per
-//! sandbox and with one held for all. Run by bench/startup.sh as the
+//! sandbox and with one held for all, from a single-threaded caller and
+//! from one with threads (which execs the launcher, as `serve` does). Run by bench/startup.sh as the
 //! unprivileged user:
 //!
 //!     sandbox_start <compute-worker binary> <rootfs> <state dir> [runs]
@@ -32,28 +33,38 @@ fn main() {
     held.hold_user_namespace()
         .expect("holding a user namespace");
     let run = RunSpec::new(&args[2], vec!["true".into()]);
-    let mut times = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
-    for _ in 0..runs {
-        for (cfg, (start, total)) in [&fresh, &held].into_iter().zip(times.iter_mut()) {
-            let t = Instant::now();
-            let sb = Sandbox::start(cfg, &run, Output::Null, Output::Null).expect("start");
-            start.push(t.elapsed());
-            assert!(sb.wait(cfg).expect("wait").success());
-            total.push(t.elapsed());
+    let round = |label: &str| {
+        let mut times = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+        for _ in 0..runs {
+            for (cfg, (start, total)) in [&fresh, &held].into_iter().zip(times.iter_mut()) {
+                let t = Instant::now();
+                let sb = Sandbox::start(cfg, &run, Output::Null, Output::Null).expect("start");
+                start.push(t.elapsed());
+                assert!(sb.wait(cfg).expect("wait").success());
+                total.push(t.elapsed());
+            }
         }
-    }
-    let ms = |v: Vec<Duration>| median(v).as_secs_f64() * 1e3;
-    for (name, (start, total)) in ["new user namespace", "held user namespace"]
-        .into_iter()
-        .zip(times)
-    {
-        println!(
-            "library start, {name} (until the program runs): median {:.1} ms over {runs} runs",
-            ms(start)
-        );
-        println!(
-            "library start → exit → teardown of `true`, {name}: median {:.1} ms",
-            ms(total)
-        );
-    }
+        let ms = |v: Vec<Duration>| median(v).as_secs_f64() * 1e3;
+        for (name, (start, total)) in ["new user namespace", "held user namespace"]
+            .into_iter()
+            .zip(times)
+        {
+            println!(
+                "library start, {name}, {label} (until the program runs): median {:.1} ms over {runs} runs",
+                ms(start)
+            );
+            println!(
+                "library start → exit → teardown of `true`, {name}, {label}: median {:.1} ms",
+                ms(total)
+            );
+        }
+    };
+    // A single-threaded caller clones the sandbox process (or, with a held
+    // namespace, its launcher) from itself.
+    round("one-thread caller");
+    // A caller with threads (`serve`, `run`: tokio) execs the launcher.
+    std::thread::spawn(|| loop {
+        std::thread::park();
+    });
+    round("caller with threads");
 }
