@@ -16,6 +16,7 @@ mod netns;
 mod process;
 pub mod rundir;
 pub mod seccomp;
+mod spawn;
 pub mod spec;
 pub mod types;
 mod userns;

@@ -23,11 +23,12 @@
 //! stdout on /dev/null, stderr shared with the caller, its own process
 //! group, no blocked signals and no signal handlers of the caller.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
@@ -207,43 +208,21 @@ fn clone_child(
     }
 }
 
+/// Exec the binary as a launcher (`spawn.rs`: no copy of this process),
+/// with the handed fds and, to join, the held user namespace.
 fn exec_launcher(
     exe: &Path,
     raw: [RawFd; HANDED],
     userns: Option<BorrowedFd<'_>>,
 ) -> io::Result<ChildProcess> {
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(super::helper::LAUNCHER_ARG);
-    let userns = userns.map(|fd| fd.as_raw_fd());
-    if userns.is_some() {
-        cmd.arg(super::helper::JOIN_USERNS_ARG);
+    let mut args = vec![OsStr::new(super::helper::LAUNCHER_ARG)];
+    let mut fds: Vec<(RawFd, RawFd)> = raw.into_iter().zip(TARGETS).collect();
+    if let Some(fd) = userns {
+        args.push(OsStr::new(super::helper::JOIN_USERNS_ARG));
+        fds.push((fd.as_raw_fd(), fds::USERNS));
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        // Own process group: a terminal's Ctrl-C reaches the caller,
-        // which then stops the sandbox in order.
-        .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls dup2, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let userns = userns.map(|fd| (fd, fds::USERNS));
-            for (src, dst) in raw.iter().copied().zip(TARGETS).chain(userns) {
-                if libc::dup2(src, dst) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    // The pid is all we keep: we wait for it ourselves (dropping a `Child`
-    // neither kills nor reaps it).
-    let child = cmd.spawn()?;
-    Ok(ChildProcess {
-        pid: Pid::from_raw(child.id() as i32),
-        status: None,
-    })
+    let pid = super::spawn::spawn(exe, &args, &fds)?;
+    Ok(ChildProcess { pid, status: None })
 }
 
 /// In the cloned child: the fds, process group and signals an exec'd
