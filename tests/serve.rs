@@ -461,6 +461,11 @@ async fn json_logs_carry_the_submission_in_the_job_span() {
     let args = submission_only_args(&site, "jsonlog-submission", "echo ok", 60);
     publish(&queue, &args);
     wait_for_status(&site, &serve, "Scoring", 60).await;
+    // The site sees `Scoring` before the worker logs the job's end.
+    let t = Instant::now();
+    while !serve.log().contains("\"job done\"") && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = serve.log();
     serve.stop();
     let lines: Vec<serde_json::Value> = log
