@@ -4,8 +4,8 @@ use compute_worker::cli::{Cli, Cmd, LogFormat};
 use compute_worker::config::{self, Early};
 
 fn main() {
-    // The sandbox helper must start before anything else: it forks, so it
-    // must stay single-threaded.
+    // The sandbox launcher must start before anything else: it clones, so
+    // it must stay single-threaded.
     use compute_worker::sandbox::helper;
     if std::env::args_os()
         .nth(1)

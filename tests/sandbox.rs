@@ -778,15 +778,7 @@ fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
             "{log}: subordinate ids mapped: {text}"
         );
     }
-    let inside: Vec<_> = fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|p| {
-            fs::read_link(p.path().join("ns/user"))
-                .is_ok_and(|l| l.to_string_lossy() == namespaces[0])
-        })
-        .map(|p| p.file_name())
-        .collect();
+    let inside = sandbox_env::processes_in_user_namespace(&namespaces[0]);
     assert!(inside.is_empty(), "processes left in it: {inside:?}");
     assert_eq!(fs::read_dir(state.join("runs")).unwrap().count(), 0);
 }

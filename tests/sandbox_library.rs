@@ -17,7 +17,7 @@ use std::process::{Command, Output as ProcessOutput, Stdio};
 use std::time::{Duration, Instant};
 
 use compute_worker::sandbox::{Output, RunSpec, Sandbox, SandboxConfig};
-use sandbox_env::{env, host_processes, user_dir, wait_for_process};
+use sandbox_env::{env, host_processes, processes_in_user_namespace, user_dir, wait_for_process};
 
 const ROLE: &str = "CW_LIBRARY_TEST_ROLE";
 
@@ -84,23 +84,6 @@ fn succeeded(out: &ProcessOutput) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// Processes on the host whose user namespace is `ns` (`user:[N]`).
-fn processes_in_user_namespace(ns: &str) -> Vec<String> {
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|p| {
-            p.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter(|p| {
-            fs::read_link(p.path().join("ns/user")).is_ok_and(|l| l.to_string_lossy() == ns)
-        })
-        .map(|p| p.file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 fn sandboxes_of_a_held_user_namespace_share_it_and_nothing_else() {

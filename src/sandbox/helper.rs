@@ -119,15 +119,13 @@ fn launch(joined: bool) -> Result<()> {
 /// Clone the task's sandbox process: in a new user namespace, or, when
 /// this launcher has `joined` a held one, in that namespace.
 fn launch_task(task: Task, mut control: UnixStream, joined: bool) -> Result<()> {
-    let (mut flags, origin) = (
-        task.clone_flags(),
-        Origin::Launcher {
-            held_userns: joined,
-        },
-    );
+    let mut flags = task.clone_flags();
     if joined {
         flags.remove(CloneFlags::CLONE_NEWUSER);
     }
+    let origin = Origin::Launcher {
+        held_userns: joined,
+    };
     // SAFETY: the launcher is a fresh exec of the binary, or a clone of a
     // single-threaded caller, that has started no thread, and the child
     // never returns from `run_task`'s exit.

@@ -16,7 +16,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 
 use super::idmap::{IdMapError, IdMaps};
@@ -58,9 +57,7 @@ impl HeldUserNamespace {
                 .map(|fd| HeldUserNamespace { fd })
                 .map_err(|e| failed("opening /proc/PID/ns/user", e))
         });
-        if held.is_err() {
-            let _ = kill(child, Signal::SIGKILL);
-        }
+        // The child sees the end of the pipe and exits.
         drop(wait_w);
         let _ = waitpid(child, None);
         held

@@ -75,8 +75,8 @@ impl Task {
 /// Caller → sandbox process.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Command {
-    /// The id maps of the sandbox's user namespace are written (or were,
-    /// once, for a held one).
+    /// The id maps of the sandbox's new user namespace are written (never
+    /// sent in a held one, mapped when it was made).
     Mapped,
     /// Kill the sandbox now.
     Kill,
@@ -86,8 +86,8 @@ pub enum Command {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
     /// From a launcher: the sandbox process is cloned (`pid` in the
-    /// caller's pid namespace) and waits for its id maps (or, in a held
-    /// user namespace, for the word that there are none to write).
+    /// caller's pid namespace); in a new user namespace it waits for its
+    /// id maps, in a held one it goes on at once.
     Cloned { pid: i32 },
     /// The program runs; `pid` is its pid in the keeper's pid namespace.
     Started { pid: i32 },

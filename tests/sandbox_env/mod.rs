@@ -268,6 +268,24 @@ pub fn host_processes(needle: &str) -> Vec<String> {
     found
 }
 
+/// Host processes whose user namespace is `ns` (as `/proc/PID/ns/user`
+/// reads: `user:[N]`).
+pub fn processes_in_user_namespace(ns: &str) -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|p| {
+            fs::read_link(p.path().join("ns/user")).is_ok_and(|l| l.to_string_lossy() == ns)
+        })
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Host pid of the process whose command line contains `needle`.
 pub fn wait_for_process(needle: &str) -> i32 {
     let t = Instant::now();
