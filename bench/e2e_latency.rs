@@ -1,9 +1,13 @@
 //! End-to-end latency of a trivial submission through `compute-worker
 //! serve`: a result submission and a shell scoring program on a cached
 //! busybox image, from the publish of the prediction task to `Scoring`, and
-//! from the publish of the scoring task to `Finished`, with the real
-//! RabbitMQ and the fake Codabench site of the tests. Run as root on a host
-//! prepared by scripts/dev-setup.sh (the worker runs as the test user):
+//! from the publish of the scoring task to `Finished` (scores posted), with
+//! the real RabbitMQ and the fake Codabench site of the tests. Each round
+//! runs the submission as a v1.26 site and as a v1.27 site sends it, in
+//! alternating order, so that both formats share the machine's load. The
+//! phases come from when the site received each request. Run as root on a
+//! host prepared by scripts/dev-setup.sh (the worker runs as the test
+//! user):
 //!
 //!     cargo bench --bench e2e_latency [-- RUNS]
 
@@ -18,7 +22,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use e2e::*;
-use support::site::FakeSite;
+use support::site::{FakeSite, SiteVersion};
 
 async fn until(site: &FakeSite, serve: &Serve, status: &str) {
     let t = Instant::now();
@@ -38,9 +42,71 @@ async fn until(site: &FakeSite, serve: &Serve, status: &str) {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
+fn median(v: &[Duration]) -> f64 {
+    let mut v = v.to_vec();
     v.sort();
-    v[v.len() / 2].as_secs_f64()
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// When the site received the `n`-th PATCH (from `from`) matching `f`.
+fn patch_at(site: &FakeSite, from: usize, f: impl Fn(&support::site::Patch) -> bool) -> Instant {
+    site.patches()[from..]
+        .iter()
+        .find(|p| f(p))
+        .map(|p| p.at)
+        .expect("a PATCH")
+}
+
+/// One submission through both steps; the phases' durations, in order.
+async fn round(
+    conn: &lapin::Connection,
+    queue: &str,
+    serve: &Serve,
+    site: &FakeSite,
+    version: SiteVersion,
+) -> Vec<(&'static str, Duration)> {
+    let status = |s: &'static str| move |p: &support::site::Patch| p.get("status") == Some(s);
+    let t0 = Instant::now();
+    publish_fast(conn, queue, &site.task(version, false, IMAGE, 60)).await;
+    until(site, serve, "Scoring").await;
+    let first = site.patches()[0].at;
+    let md5 = patch_at(site, 0, |p| p.get("md5").is_some());
+    let upload = site.upload("prediction_result.zip").expect("prediction").at;
+    let scoring = patch_at(site, 0, status("Scoring"));
+    let n = site.patches().len();
+    let t1 = Instant::now();
+    publish_fast(conn, queue, &site.task(version, true, IMAGE, 60)).await;
+    until(site, serve, "Finished").await;
+    let s_first = site.patches()[n].at;
+    let s_upload = site
+        .upload("scoring_result.zip")
+        .expect("scoring result")
+        .at;
+    let finished = patch_at(site, n, status("Finished"));
+    vec![
+        (
+            "prediction: publish → first status (delivery, job directory)",
+            first - t0,
+        ),
+        (
+            "prediction: → md5 (submission downloaded and unzipped)",
+            md5 - first,
+        ),
+        (
+            "prediction: → result uploaded (image, nothing to run, zip)",
+            upload - md5,
+        ),
+        ("prediction: → `Scoring`", scoring - upload),
+        ("scoring: publish → first status", s_first - t1),
+        (
+            "scoring: → result uploaded (4 bundles, image, scoring program, zip)",
+            s_upload - s_first,
+        ),
+        ("scoring: → `Finished` (scores posted)", finished - s_upload),
+        ("prediction: publish → `Scoring`", scoring - t0),
+        ("scoring: publish → `Finished`", finished - t1),
+        ("both steps", (scoring - t0) + (finished - t1)),
+    ]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -65,39 +131,34 @@ async fn main() {
         "echo '{\"accuracy\": 1.0}' > /app/output/scores.json\n",
     )
     .unwrap();
-    let (mut prediction, mut scoring_t, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    let versions = [SiteVersion::V126, SiteVersion::V127];
+    let mut phases: Vec<Vec<(&str, Vec<Duration>)>> = vec![Vec::new(), Vec::new()];
+    let mut id = 900;
     for i in 0..runs + 1 {
-        let site = FakeSite::start(900 + i as u64, 7).await;
-        site.add_bundle("submission.zip", zip_of(&result));
-        site.add_bundle("scoring_program.zip", zip_of(&scoring));
-        site.add_bundle("reference_data.zip", demo_zip("reference_data"));
-        let mut args = prediction_args(&site, IMAGE, 60);
-        for k in ["ingestion_program", "input_data"] {
-            args.as_object_mut().unwrap().remove(k);
-        }
-        let t = Instant::now();
-        publish_fast(&conn, &queue, &args).await;
-        until(&site, &serve, "Scoring").await;
-        let p = t.elapsed();
-        let t2 = Instant::now();
-        publish_fast(&conn, &queue, &scoring_args(&site, IMAGE)).await;
-        until(&site, &serve, "Finished").await;
-        let s = t2.elapsed();
-        if i > 0 {
-            // The first round warms the caches.
-            prediction.push(p);
-            scoring_t.push(s);
-            total.push(p + s);
+        // Alternate which format goes first in a round.
+        for k in [i % 2, 1 - i % 2] {
+            id += 1;
+            let site = FakeSite::start(id, 7).await;
+            site.add_bundle("submission.zip", zip_of(&result));
+            site.add_bundle("scoring_program.zip", zip_of(&scoring));
+            site.add_bundle("reference_data.zip", demo_zip("reference_data"));
+            let got = round(&conn, &queue, &serve, &site, versions[k]).await;
+            if i == 0 {
+                continue; // the first round warms the caches
+            }
+            if phases[k].is_empty() {
+                phases[k] = got.iter().map(|(n, _)| (*n, Vec::new())).collect();
+            }
+            for (slot, (_, d)) in phases[k].iter_mut().zip(got) {
+                slot.1.push(d);
+            }
         }
     }
-    println!("| step | median (s) |");
-    println!("|---|---|");
-    println!(
-        "| prediction: publish → Scoring | {:.3} |",
-        median(prediction)
-    );
-    println!("| scoring: publish → Finished | {:.3} |", median(scoring_t));
-    println!("| both steps | {:.3} |", median(total));
-    println!("({runs} runs)");
+    println!("| phase | v1.26 task, median (ms) | v1.27 task, median (ms) |");
+    println!("|---|---|---|");
+    for (a, b) in phases[0].iter().zip(&phases[1]) {
+        println!("| {} | {:.1} | {:.1} |", a.0, median(&a.1), median(&b.1));
+    }
+    println!("({runs} rounds, each format once per round, alternating order)");
     serve.stop();
 }

@@ -27,7 +27,9 @@ fn main() {
     // Two configurations, their runs alternating: one that maps a new user
     // namespace for every sandbox (as `exec` does), one that holds a
     // mapped namespace for all of them (as `serve`, `run` and pulls do).
-    let mut fresh = SandboxConfig::for_current_user(PathBuf::from(&args[3]), None).expect("config");
+    let mut fresh =
+        SandboxConfig::for_current_user(PathBuf::from(&args[3]), None, Default::default())
+            .expect("config");
     fresh.binary = PathBuf::from(&args[1]);
     let mut held = fresh.clone();
     held.hold_user_namespace()

@@ -13,6 +13,7 @@
 set -euo pipefail
 
 TEST_USER=${COMPUTE_WORKER_TEST_USER:-cwtest}
+NOIDS_USER=${COMPUTE_WORKER_TEST_NOIDS_USER:-cwnoids}
 CGROUP_PARENT=${COMPUTE_WORKER_TEST_CGROUP:-/cw-test}
 
 if [ "$(id -u)" != 0 ]; then
@@ -28,6 +29,22 @@ apt-get install -y -qq --no-install-recommends \
   docker-registry skopeo debootstrap systemd qemu-system-x86 \
   ca-certificates openssl pkg-config gcc libseccomp-dev \
   libc6-dev libc-bin >/dev/null  # libc6-dev: static libc.a for tests/gpu.rs; libc-bin: ldconfig
+# Programs' network (pasta, the default when a competition allows network)
+# and tests/network.rs's test host (ip netns + veth).
+apt-get install -y -qq --no-install-recommends passt iproute2 >/dev/null
+
+echo "== /dev/net/tun for pasta"
+# pasta opens /dev/net/tun inside the run's user and network namespaces,
+# but the open is checked against the node's owner and mode as the worker's
+# user: at 0600 root (how a container without udev has it) it fails with
+# EACCES. udev's default rule makes it 0666 on every ordinary host; opening
+# it grants nothing, creating a tap device still needs CAP_NET_ADMIN in the
+# device's network namespace. Do what udev would.
+if [ ! -c /dev/net/tun ]; then
+  mkdir -p /dev/net
+  mknod -m 0666 /dev/net/tun c 10 200
+fi
+chmod 0666 /dev/net/tun
 # The static (musl) build, scripts/build-static.sh: musl-gcc, and what
 # building libseccomp from its Debian source package takes.
 apt-get install -y -qq --no-install-recommends \
@@ -58,6 +75,14 @@ for f in /etc/subuid /etc/subgid; do
   fi
 done
 grep "^$TEST_USER:" /etc/subuid /etc/subgid
+
+echo "== test user $NOIDS_USER, with no subordinate ids (single-id mode)"
+if ! id "$NOIDS_USER" >/dev/null 2>&1; then
+  useradd --create-home --shell /bin/bash "$NOIDS_USER"
+fi
+for f in /etc/subuid /etc/subgid; do
+  sed -i "/^$NOIDS_USER:/d" "$f"
+done
 
 echo "== cgroup subtree $CGROUP_PARENT delegated to $TEST_USER"
 rel=${CGROUP_PARENT#/}
@@ -159,4 +184,10 @@ for port in 5672 5671; do
   port_open "$port" || { echo "RabbitMQ does not listen on 127.0.0.1:$port" >&2; exit 1; }
 done
 echo "RabbitMQ listens on 5672 and (TLS) 5671"
+
+echo "== RabbitMQ management API on 127.0.0.1:15672 (tests/broker_monitoring.rs reads it as Codabench's worker panel does)"
+rabbitmq-plugins enable rabbitmq_management >/dev/null
+for _ in $(seq 60); do port_open 15672 && break; sleep 1; done
+port_open 15672 || { echo "RabbitMQ's management API does not listen on 127.0.0.1:15672" >&2; exit 1; }
+echo "RabbitMQ management API is up"
 echo "== done"

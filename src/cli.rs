@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::template::parse_path;
+use crate::host;
 use crate::sandbox::{Bind, Network};
+use crate::units::{parse_bytes, parse_bytes_or_zero, parse_duration, parse_user};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,12 +66,35 @@ pub enum Cmd {
     /// variables), each value with where it came from; secrets redacted.
     Config(Box<ConfigArgs>),
     /// Check that this host can run the worker: one row per check, with a fix for each failure.
-    Doctor(Box<crate::ops::doctor::DoctorArgs>),
+    Doctor(Box<DoctorArgs>),
     /// Set the host up for the worker's user (as root, once): subordinate
     /// ids, cgroup delegation, linger, cache directories.
-    SetupHost(Box<crate::ops::setup_host::SetupHostArgs>),
+    SetupHost(Box<SetupHostArgs>),
     /// Write a systemd user unit that runs `serve`, and start it.
-    InstallService(crate::ops::service::InstallServiceArgs),
+    InstallService(InstallServiceArgs),
+    /// Human in the loop: list the scoring jobs a running `serve` holds for
+    /// validation, approve or reject one (as the worker's user).
+    Hitl(HitlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HitlArgs {
+    #[command(subcommand)]
+    pub action: HitlAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HitlAction {
+    /// The jobs awaiting validation, with their scores and output folders.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the scores and results of submission ID.
+    Approve { id: u64 },
+    /// Fail submission ID; nothing of its results is published.
+    Reject { id: u64 },
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +135,10 @@ pub struct ServeArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub bounds: JobBoundArgs,
+    #[command(flatten)]
+    pub pull_retry: PullRetryArg,
     /// With USE_GPU=true: give each slot its own K GPUs (by UUID) out of
     /// GPU_DEVICE's; 0 (default): every slot gets all of them.
     #[arg(long, default_value_t = 0, env = "COMPUTE_WORKER_GPUS_PER_SLOT")]
@@ -119,6 +148,53 @@ pub struct ServeArgs {
     pub slot_cpus: Vec<String>,
     #[command(flatten)]
     pub gpu_root: GpuRootArg,
+    #[command(flatten)]
+    pub network: NetworkArg,
+    #[command(flatten)]
+    pub exit: ExitArgs,
+}
+
+/// When `serve` exits on its own, for autoscaling: it finishes the jobs it
+/// holds, gives back any task it received but did not start, and exits 0.
+#[derive(Debug, Args)]
+pub struct ExitArgs {
+    /// Exit once no job has run and none was received for DURATION
+    /// (`10m`): a spot instance or batch job scaling to zero.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          env = "COMPUTE_WORKER_EXIT_WHEN_IDLE")]
+    pub exit_when_idle: Option<Duration>,
+    /// Exit after taking N jobs (each step of a submission is one job).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
+          env = "COMPUTE_WORKER_EXIT_AFTER")]
+    pub exit_after: Option<u64>,
+}
+
+impl ExitArgs {
+    pub fn policy(&self) -> crate::broker::ExitPolicy {
+        crate::broker::ExitPolicy {
+            after_jobs: self.exit_after,
+            when_idle: self.exit_when_idle,
+        }
+    }
+}
+
+/// The network of `serve`'s and `run`'s programs, when the competition
+/// allows network (COMPETITION_CONTAINER_NETWORK_DISABLED unset).
+#[derive(Debug, Args)]
+pub struct NetworkArg {
+    /// Programs' network: pasta (a namespace of their own, no way to this host's loopback), none, or host (this host's namespace: on purpose only).
+    #[arg(long, default_value = "pasta", env = "COMPUTE_WORKER_NETWORK")]
+    pub network: Network,
+}
+
+/// How a job's image pull is retried.
+#[derive(Debug, Args)]
+pub struct PullRetryArg {
+    /// Pause between the attempts of a pull that failed transiently
+    /// (refused connection, timeout, HTTP 5xx/429): 3 retries.
+    #[arg(long, value_parser = parse_duration, default_value = "5s",
+          env = "COMPUTE_WORKER_PULL_RETRY_DELAY")]
+    pub pull_retry_delay: Duration,
 }
 
 /// Where GPU discovery looks for the driver (device nodes, ld.so.cache,
@@ -161,6 +237,13 @@ pub struct LocalRunArgs {
     /// Run the ingestion program in the scoring step instead.
     #[arg(long)]
     pub ingestion_only_during_scoring: bool,
+    /// Run the steps as this Codabench's worker does: 1.27 (and later:
+    /// the submission never runs, it is read-only at /app/ingested_program
+    /// in every program and copied into input/res for scoring) or 1.26
+    /// (and earlier: a submission with a command in its metadata runs
+    /// beside the ingestion program).
+    #[arg(long, default_value = "1.26", value_parser = ["1.26", "1.27"])]
+    pub codabench: String,
     /// Organiser data mounted read-only at /app/data.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -170,11 +253,14 @@ pub struct LocalRunArgs {
     /// Where the results, logs and scores go.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Network of the programs: host or none.
-    #[arg(long, default_value = "host")]
-    pub network: Network,
+    #[command(flatten)]
+    pub network: NetworkArg,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub bounds: JobBoundArgs,
+    #[command(flatten)]
+    pub pull_retry: PullRetryArg,
     /// Keep each step's job directory (as CODALAB_IGNORE_CLEANUP_STEP).
     #[arg(long)]
     pub keep_job_dirs: bool,
@@ -195,6 +281,43 @@ pub struct ImageArgs {
     /// Size bound of the image cache, e.g. 50g (default 20 GiB).
     #[arg(long, env = "COMPUTE_WORKER_IMAGE_CACHE_MAX", value_parser = parse_bytes)]
     pub image_cache_max: Option<u64>,
+    /// Bound on the file bytes one image may unpack to, checked while it
+    /// unpacks, e.g. 30g (default 20 GiB, never above the cache bound).
+    #[arg(long, env = "COMPUTE_WORKER_IMAGE_MAX_BYTES", value_parser = parse_bytes)]
+    pub image_max_bytes: Option<u64>,
+    /// Bound on the files, directories and links one image may unpack to
+    /// (default 1000000).
+    #[arg(long, env = "COMPUTE_WORKER_IMAGE_MAX_ENTRIES")]
+    pub image_max_entries: Option<u64>,
+    /// Cap on an image to pull: the sum of its compressed layer sizes in
+    /// its manifest, checked before any blob is fetched, e.g. 8g (default: none).
+    #[arg(long, env = "COMPUTE_WORKER_MAX_IMAGE_SIZE", value_parser = parse_bytes)]
+    pub max_image_size: Option<u64>,
+    /// Shared image stores, only read (never written, locked or pruned),
+    /// consulted before pulling; their layers are used in place
+    /// (`:`-separated in the variable; repeat the flag).
+    #[arg(
+        long = "additional-image-store",
+        env = "COMPUTE_WORKER_ADDITIONAL_IMAGE_STORES",
+        value_name = "PATH",
+        value_delimiter = ':',
+        value_parser = parse_path
+    )]
+    pub additional_image_stores: Vec<PathBuf>,
+}
+
+impl ImageArgs {
+    pub fn store_settings(&self) -> host::StoreSettings {
+        host::StoreSettings {
+            dir: self.image_dir.clone(),
+            cache_max: self.image_cache_max,
+            image_max_bytes: self.image_max_bytes,
+            image_max_entries: self.image_max_entries,
+            max_image_size: self.max_image_size,
+            additional: self.additional_image_stores.clone(),
+            record_tree_digests: false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +328,18 @@ pub struct PullArgs {
     pub images: ImageArgs,
     /// Image reference, e.g. busybox, python:3.12, registry:5000/team/img@sha256:...
     pub image: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `--store DIR` of `pull` and `import`.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Fill the shared image store DIR (read by workers through
+    /// additional_image_stores) instead of this worker's own: each layer's
+    /// tree digest is recorded, and nothing is evicted from it.
+    #[arg(long = "store", value_name = "DIR", value_parser = parse_path)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -243,28 +378,41 @@ pub struct ImportArgs {
     /// Name to give the image when the archive names none.
     #[arg(long)]
     pub name: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
-/// Resource limits of each program, through a delegated cgroup.
+/// Resource limits of each program (memory and cpus through a delegated
+/// cgroup).
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
     /// Memory limit, e.g. 512m, 2g (needs a delegated cgroup).
     #[arg(long, value_parser = parse_bytes, env = "COMPUTE_WORKER_MEMORY")]
     pub memory: Option<u64>,
-    /// Maximum number of processes and threads (needs a delegated cgroup).
-    #[arg(long, env = "COMPUTE_WORKER_PIDS")]
-    pub pids: Option<i64>,
+    /// Maximum number of processes and threads of each program (0: no
+    /// limit): the cgroup pids controller, else RLIMIT_NPROC.
+    #[arg(long, env = "COMPUTE_WORKER_PIDS", default_value_t = DEFAULT_PIDS)]
+    pub pids: i64,
     /// cpuset, e.g. 0-1 or 0,2 (needs a delegated cgroup).
     #[arg(long, env = "COMPUTE_WORKER_CPUS")]
     pub cpus: Option<String>,
+    /// Bytes each program may add to the disk, in its image layer and the
+    /// job directories it can write, e.g. 20g (0: no limit); past it the
+    /// program is killed and the job fails.
+    #[arg(long, value_parser = parse_bytes_or_zero, env = crate::job::bounds::WRITE_MAX, default_value = "20g")]
+    pub write_max: u64,
 }
+
+/// Default of `--pids`: a fork bomb stops at its run.
+pub const DEFAULT_PIDS: i64 = 4096;
 
 impl LimitArgs {
     pub fn limits(&self) -> crate::sandbox::Limits {
         crate::sandbox::Limits {
             memory: self.memory,
-            pids: self.pids,
+            pids: Some(self.pids).filter(|p| *p > 0),
             cpus: self.cpus.clone(),
+            write_max: Some(self.write_max).filter(|c| *c > 0),
         }
     }
 }
@@ -281,6 +429,35 @@ pub struct SandboxArgs {
     /// delegated it (Delegate=yes). Without either, limits are off.
     #[arg(long, env = "COMPUTE_WORKER_CGROUP_PARENT", value_parser = parse_path)]
     pub cgroup_parent: Option<PathBuf>,
+    /// Which ids sandboxes map: auto (subordinate ids when this user has
+    /// /etc/subuid and /etc/subgid ranges, else single), subids, or single
+    /// (only this user's uid and gid, as 0: image owners are ignored and
+    /// processes inside cannot be separated by uid).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "COMPUTE_WORKER_ID_MODE"
+    )]
+    pub id_mode: crate::sandbox::IdModeSetting,
+}
+
+impl SandboxArgs {
+    /// The sandbox configuration these options give (see
+    /// [`host::sandbox_config`]).
+    pub fn config(
+        &self,
+        limits: Option<&crate::sandbox::Limits>,
+        starts: host::Starts,
+    ) -> anyhow::Result<crate::sandbox::SandboxConfig> {
+        host::sandbox_config(
+            self.state_dir.clone(),
+            self.cgroup_parent.as_deref(),
+            self.id_mode,
+            limits,
+            starts,
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -308,7 +485,10 @@ pub struct ExecArgs {
     /// User inside the sandbox: UID[:GID] (default: the image's, else 0).
     #[arg(long, short = 'u', value_parser = parse_user)]
     pub user: Option<(u32, u32)>,
-    /// Network: none (only lo) or host.
+    /// Network: none (only lo), pasta (a namespace of its own connected to
+    /// the outside by pasta, with no way to this host's loopback) or host
+    /// (this host's network namespace: its loopback services, abstract unix
+    /// sockets and ports; only when asked for).
     #[arg(long, default_value = "none")]
     pub network: Network,
     /// GPUs: `all`, an index, `GPU-<uuid>`, `nvidia.com/gpu=NAME` (comma-separated).
@@ -346,79 +526,104 @@ fn parse_env(s: &str) -> Result<String, String> {
     }
 }
 
-/// `90s`, `5m`, `3h`, `2d`: a coarse age for listings.
-pub fn format_age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
+// ---- Job bounds (issue 13, holes 8 and 9): what a job may make the
+// worker parse and unpack. ----
+
+/// Caps on what a job's programs and bundles make the worker read.
+#[derive(Debug, Args, Clone)]
+pub struct JobBoundArgs {
+    /// Largest metadata.yaml, scores.json/scores.txt or detailed results
+    /// page the worker reads, e.g. 8m; a larger one fails the job.
+    #[arg(long, value_parser = parse_bytes, env = "COMPUTE_WORKER_PARSED_FILE_MAX",
+          default_value = "8m")]
+    pub parsed_file_max: u64,
+    /// Largest unpacked size of one bundle (zip), e.g. 10g.
+    #[arg(long, value_parser = parse_bytes, env = "COMPUTE_WORKER_BUNDLE_MAX",
+          default_value = "10g")]
+    pub bundle_max: u64,
+    /// Most entries (files, directories, links) in one bundle.
+    #[arg(long, env = "COMPUTE_WORKER_BUNDLE_MAX_ENTRIES", default_value_t = crate::job::bounds::DEFAULT_BUNDLE_MAX_ENTRIES)]
+    pub bundle_max_entries: usize,
+}
+
+impl JobBoundArgs {
+    pub fn bounds(&self) -> crate::job::bounds::JobBounds {
+        crate::job::bounds::JobBounds {
+            parsed_file_max: self.parsed_file_max,
+            bundle_max: self.bundle_max,
+            bundle_max_entries: self.bundle_max_entries,
+        }
     }
 }
 
-pub fn parse_user(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("`{s}` is not UID[:GID] (numbers)");
-    let (u, g) = s.split_once(':').unwrap_or((s, s));
-    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+/// `setup-host`.
+#[derive(Debug, Args)]
+pub struct SetupHostArgs {
+    /// The user the worker will run as (must exist).
+    #[arg(long)]
+    pub user: String,
+    /// The cgroup subtree to delegate to the user, as a path inside the
+    /// cgroup hierarchy.
+    #[arg(long, default_value = "/compute-worker")]
+    pub cgroup_parent: PathBuf,
+    /// Print the commands and edits instead of doing them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply everything under this directory instead of `/` (etc files,
+    /// systemd drop-ins, /sys/fs/cgroup, the user's home): for tests.
+    #[arg(long, hide = true, default_value = "/")]
+    pub root: PathBuf,
 }
 
-/// `123`, `64k`, `512m`, `2g` (binary units).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'g')) => (&t[..i], 1 << 30),
-        Some((i, 't')) => (&t[..i], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 512m or 2g"))?;
-    if n.is_nan() || n <= 0.0 {
-        return Err(format!("`{s}`: a size must be positive"));
-    }
-    Ok((n * mult as f64) as u64)
+/// `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// An image jobs will use: check that its registry answers (default:
+    /// the first search registry, docker.io unless registries.conf says).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Verify the broker's TLS certificate (as `serve --verify-broker-tls`).
+    #[arg(long, env = "COMPUTE_WORKER_VERIFY_BROKER_TLS")]
+    pub verify_broker_tls: bool,
+    /// The broker's private CA (as `serve --broker-ca-file`).
+    #[arg(long, env = "COMPUTE_WORKER_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gpu_root: GpuRootArg,
+    #[command(flatten)]
+    pub network: NetworkArg,
 }
 
-/// `30`, `30s`, `1.5m`, `2h`, `250ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let bad = || format!("`{s}` is not a duration like 30s, 5m or 1h");
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    if n.is_nan() || n < 0.0 || !n.is_finite() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(n * mult))
+/// `install-service`.
+#[derive(Debug, Args)]
+pub struct InstallServiceArgs {
+    /// Print the unit and the commands instead of writing and starting it.
+    #[arg(long, alias = "print")]
+    pub dry_run: bool,
+    /// How long `serve` lets running jobs finish on stop; the unit gives it
+    /// one more minute before systemd kills what is left.
+    #[arg(long, value_parser = parse_duration, default_value = "5m", env = "COMPUTE_WORKER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Duration,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
-        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
-        assert_eq!(parse_bytes("100").unwrap(), 100);
-        assert!(parse_bytes("lots").is_err());
-        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
-        assert_eq!(parse_user("1000:5").unwrap(), (1000, 5));
+    fn job_bound_defaults_are_the_libraries() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            b: super::JobBoundArgs,
+        }
+        let t = T::try_parse_from(["t"]).unwrap();
+        assert_eq!(t.b.bounds(), crate::job::bounds::JobBounds::default());
     }
 }

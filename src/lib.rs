@@ -6,14 +6,14 @@
 
 pub mod broker;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod exec;
 pub mod gpu;
-pub mod images;
+pub mod host;
+pub mod hostname;
 pub mod job;
 pub mod metrics;
 pub mod ops;
-pub mod run;
 pub mod sandbox;
-pub mod serve;
 pub mod site;
+pub mod units;

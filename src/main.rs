@@ -1,6 +1,7 @@
 use clap::{CommandFactory, FromArgMatches};
 
 use compute_worker::cli::{Cli, Cmd, LogFormat};
+use compute_worker::commands;
 use compute_worker::config::{self, Early};
 
 fn main() {
@@ -13,6 +14,13 @@ fn main() {
     {
         init_logging(LogFormat::Human, helper::LOG_VAR, helper::LOG_DEFAULT);
         helper::main();
+    }
+    // The supervisor of one run's pasta: single-threaded too.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == compute_worker::sandbox::pasta::SUPERVISOR_ARG)
+    {
+        compute_worker::sandbox::pasta::supervisor_main();
     }
     // The layers below the command line (config file, .env) go into the
     // environment before clap reads it, while this process has one thread.
@@ -40,20 +48,21 @@ fn main() {
         "info,libcontainer=warn,libcgroups=warn",
     );
     let code = match cli.command {
-        Cmd::Exec(args) => compute_worker::exec::run(*args),
-        Cmd::Serve(args) => compute_worker::serve::run(*args),
-        Cmd::Run(args) => compute_worker::run::run(*args),
-        Cmd::Pull(args) => compute_worker::images::pull(args),
-        Cmd::Images(args) => compute_worker::images::list(args),
-        Cmd::Prune(args) => compute_worker::images::prune(args),
-        Cmd::Import(args) => compute_worker::images::import(args),
+        Cmd::Exec(args) => commands::exec::run(*args),
+        Cmd::Serve(args) => commands::serve::run(*args),
+        Cmd::Run(args) => commands::run::run(*args),
+        Cmd::Pull(args) => commands::pull::run(args),
+        Cmd::Images(args) => commands::images::run(args),
+        Cmd::Prune(args) => commands::prune::run(args),
+        Cmd::Import(args) => commands::import::run(args),
         Cmd::Config(args) => {
             let sub = matches.subcommand_matches("config").unwrap_or(&matches);
-            Ok(config::show(&command, &layers, sub, args.json))
+            commands::config::run(&command, &layers, sub, &args)
         }
-        Cmd::Doctor(args) => compute_worker::ops::doctor::run(*args),
-        Cmd::SetupHost(args) => compute_worker::ops::setup_host::run(*args),
-        Cmd::InstallService(args) => compute_worker::ops::service::run(args, cli.env_file),
+        Cmd::Doctor(args) => commands::doctor::run(*args),
+        Cmd::SetupHost(args) => commands::setup_host::run(*args),
+        Cmd::InstallService(args) => commands::install_service::run(args, cli.env_file),
+        Cmd::Hitl(args) => commands::hitl::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

@@ -1,8 +1,8 @@
 //! The worker's Prometheus metrics, and the opt-in `/metrics` endpoint of
 //! `serve --metrics-addr`.
 //!
-//! One [`Metrics`] handle (a cheap clone) travels in the job
-//! [`Settings`](crate::job::lifecycle::Settings); the lifecycle records job
+//! One [`Metrics`] handle (a cheap clone) travels in the job layer's
+//! settings; the job steps record job
 //! endings, phase times, image cache hits and busy slots through it. Cache
 //! sizes are read from disk at scrape time, so they also see what
 //! `compute-worker prune` or another process changed.
@@ -20,8 +20,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::job::bundle_cache::BundleCache;
-use crate::job::lifecycle::Ending;
+mod resources;
+use resources::ResourceMetrics;
+pub use resources::RunUsage;
 
 /// The parts of a job step whose duration is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,7 @@ struct Inner {
     image_misses: Counter,
     slots: Gauge,
     slots_busy: Gauge,
+    resources: ResourceMetrics,
 }
 
 /// A handle on the worker's metrics; clones share them.
@@ -130,6 +132,7 @@ impl Metrics {
         );
         let slots_busy = Gauge::default();
         registry.register("slots_busy", "Slots running a job now", slots_busy.clone());
+        let resources = ResourceMetrics::register(&mut registry);
         Metrics(Arc::new(Inner {
             registry: Mutex::new(registry),
             jobs,
@@ -138,16 +141,17 @@ impl Metrics {
             image_misses,
             slots,
             slots_busy,
+            resources,
         }))
     }
 
     /// A step ended this way.
-    pub fn job_ended(&self, is_scoring: bool, ending: &Ending) {
+    pub fn job_ended(&self, is_scoring: bool, outcome: JobOutcome) {
         let step = if is_scoring { "scoring" } else { "prediction" };
-        let outcome = match ending {
-            Ending::Scoring | Ending::Finished { .. } => "finished",
-            Ending::Failed(_) => "failed",
-            Ending::Cancelled => "cancelled",
+        let outcome = match outcome {
+            JobOutcome::Finished => "finished",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Cancelled => "cancelled",
         };
         self.0
             .jobs
@@ -163,6 +167,16 @@ impl Metrics {
                 phase: phase.label(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// What one program run used.
+    pub fn run_usage(&self, usage: &RunUsage) {
+        self.0.resources.run(usage);
+    }
+
+    /// Job stage `stage` (a label, e.g. `image_ready`) took `took`.
+    pub fn stage(&self, stage: &'static str, took: Duration) {
+        self.0.resources.stage(stage, took.as_secs_f64());
     }
 
     /// A job image was found in the cache (`true`) or pulled.
@@ -202,13 +216,14 @@ impl Metrics {
         );
     }
 
-    /// Report the bundle (dataset) cache's size on each scrape.
-    pub fn watch_bundle_cache(&self, cache: Arc<BundleCache>) {
-        self.register_size(
-            "bundle_cache_bytes",
-            "Bytes held by the input_data/reference_data cache.",
-            Box::new(move || cache.total_bytes().ok()),
-        );
+    /// Report a size (a cache's bytes) on each scrape, as `name`.
+    pub fn watch_size(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) {
+        self.register_size(name, help, Box::new(read));
     }
 
     fn register_size(&self, name: &'static str, help: &'static str, read: SizeReader) {
@@ -227,6 +242,14 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry());
         text
     }
+}
+
+/// How a job step ended, as the `outcome` label counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Finished,
+    Failed,
+    Cancelled,
 }
 
 /// See [`Metrics::phase_clock`]: records on drop, whichever way the phase

@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use compute_worker::broker::consumer::declare_topology;
+use compute_worker::broker::connect::declare_topology;
 use compute_worker::broker::{Consumer, Job};
 use support::amqp::*;
 use tokio::sync::{mpsc, Semaphore};
@@ -56,7 +56,9 @@ fn start(consumer: &Consumer, rec: &Recorder) -> (CancellationToken, tokio::task
     });
     let c = consumer.clone();
     let s = shutdown.clone();
-    let h = tokio::spawn(async move { c.run(handler, s).await });
+    let h = tokio::spawn(async move {
+        c.run(handler, s).await;
+    });
     (shutdown, h)
 }
 

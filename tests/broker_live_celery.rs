@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,26 +12,6 @@ use compute_worker::broker::{Consumer, Job};
 use support::amqp::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-fn celery_tool(args: &[&str]) -> String {
-    let script = format!(
-        "{}/tests/fixtures/celery/celery_tool.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(args)
-        .env("BROKER_URL", broker_url())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "celery_tool.py failed (needs `pip install celery==5.6.2 kombu==5.6.2`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_and_revoke_published_by_real_celery() {

@@ -48,7 +48,7 @@ async fn a_job_completes_with(name: &str, id: u64, vars: &[(&str, &str)]) {
     assert_eq!(zip_file(&up.body, "predictions.txt"), "odd\n");
     let conn = format!(
         "compute-worker@{}:{}",
-        compute_worker::broker::consumer::hostname(),
+        compute_worker::hostname::hostname(),
         serve.child.id()
     );
     assert_eq!(connections_over_tls(&conn), [true], "{}", serve.log());

@@ -77,7 +77,9 @@ async fn fetch(
     std::fs::create_dir_all(&dest).unwrap();
     let scratch = job.join("bundles");
     std::fs::create_dir_all(&scratch).unwrap();
-    r.fetch(slot, url, &dest, &scratch).await
+    r.fetch(slot, url, &dest, &scratch)
+        .await
+        .map_err(|e| e.message)
 }
 
 fn md5_hex(b: &[u8]) -> String {

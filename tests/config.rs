@@ -268,3 +268,91 @@ fn file_settings_and_templates_reach_the_sandbox() {
         "from-the-sandbox\n"
     );
 }
+
+#[test]
+fn codabench_v127_settings_and_aliases_are_read_and_shown() {
+    let home = Home::new("v127");
+    let dotenv = home.write(
+        ".env",
+        "HUMAN_IN_THE_LOOP=1\nCOMPETITION_ALLOW_IMAGE_PULL=False\n\
+         CODALAB_IGNORE_CLEANUP_STEP= TRUE \nBROKER_SSL_CA_CERTS=/etc/ca/rabbit.pem\n",
+    );
+    let mut cmd = home.command(&["config", "--json"]);
+    cmd.env("SERIALIZED", "True");
+    let doc = home.config_json(&mut cmd);
+    let from_dotenv = format!(".env {}", dotenv.display());
+    assert_eq!(
+        setting(&doc, "human_in_the_loop"),
+        ("1".into(), from_dotenv.clone())
+    );
+    assert_eq!(setting(&doc, "competition_allow_image_pull").0, "False");
+    assert_eq!(
+        setting(&doc, "compute_worker_no_cleanup"),
+        ("False".into(), "default".into())
+    );
+    // Aliases fill the worker's own settings, from the alias's layer.
+    assert_eq!(
+        setting(&doc, "broker_ca_file"),
+        ("/etc/ca/rabbit.pem".into(), from_dotenv)
+    );
+    assert_eq!(
+        setting(&doc, "log_format"),
+        ("json".into(), "environment".into())
+    );
+}
+
+#[test]
+fn a_value_that_is_not_a_boolean_is_refused_naming_the_variable() {
+    let home = Home::new("bool");
+    for (var, value) in [
+        ("USE_GPU", "yes"),
+        ("HUMAN_IN_THE_LOOP", "on"),
+        ("COMPUTE_WORKER_NO_CLEANUP", "no"),
+        ("SERIALIZED", "tRuE"),
+    ] {
+        for args in [&["config"][..], &["serve"][..]] {
+            let out = home.command(args).env(var, value).output().unwrap();
+            let all = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{var}={value}: {all}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(var) && err.contains(&format!("`{value}` is not a boolean")),
+                "{var}={value}: {all}"
+            );
+        }
+    }
+}
+
+#[test]
+fn image_store_settings_take_a_list_and_a_size_from_the_file() {
+    let home = Home::new("stores");
+    let file = home.write(
+        "worker.toml",
+        "additional_image_stores = [\"/srv/shared/a\", \"/srv/shared/b\"]\nmax_image_size = \"8g\"\n",
+    );
+    let doc = home.config_json(&mut home.command(&[
+        "--config",
+        file.to_str().unwrap(),
+        "config",
+        "--json",
+    ]));
+    let source = format!("config file {}", file.display());
+    assert_eq!(
+        setting(&doc, "additional_image_stores"),
+        ("/srv/shared/a:/srv/shared/b".into(), source.clone())
+    );
+    assert_eq!(setting(&doc, "max_image_size"), ("8g".into(), source));
+    for (bad, why) in [
+        ("additional_image_stores = [1]", "the items must be strings"),
+        ("additional_image_stores = [\"/a:/b\"]", "contains `:`"),
+        ("max_image_size = \"lots\"", "max_image_size"),
+    ] {
+        let file = home.write("bad.toml", bad);
+        let out = home
+            .command(&["--config", file.to_str().unwrap(), "config"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(why), "{bad}: {}", text(&out));
+    }
+}

@@ -446,17 +446,32 @@ fn doctor_shows_the_driver_the_gpus_and_what_to_fix() {
     assert_eq!(devices, "fail", "{fix}");
 }
 
-/// `run --gpus`: a local job's programs get the GPU too.
-#[test]
-fn a_local_run_gets_its_gpu() {
+/// The NVML double (tests/fixtures/gpu/nvml_double.c), built as
+/// `libnvidia-ml.so.1` in a directory of its own (for `LD_LIBRARY_PATH`),
+/// answering for the fake driver root's GPUs.
+fn nvml_double() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = env().work.join("nvml-double");
+        fs::create_dir_all(&dir).unwrap();
+        sh(Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o"])
+            .arg(dir.join("libnvidia-ml.so.1"))
+            .arg(format!("-DUUID_A=\"{UUID_A}\""))
+            .arg(format!("-DUUID_B=\"{UUID_B}\""))
+            .arg(format!("-DDRIVER_VERSION=\"{VERSION}\""))
+            .arg(fixtures().join("nvml_double.c")));
+        dir
+    })
+}
+
+/// `run --gpus UUID_B` on the fake driver root, the submission running
+/// `command`; `nvml`: where the worker finds `libnvidia-ml.so.1`.
+fn local_run(name: &str, command: &str, nvml: Option<&Path>) -> Run {
     let e = env();
-    let sub = sandbox_env::user_dir("gpu-run-submission", 0o755);
-    fs::write(
-        sub.join("metadata"),
-        "command: sh -c 'ls /dev/nvidia*; echo LD=$LD_LIBRARY_PATH'\n",
-    )
-    .unwrap();
-    let results = sandbox_env::user_dir("gpu-run-results", 0o755);
+    let sub = sandbox_env::user_dir(&format!("{name}-submission"), 0o755);
+    fs::write(sub.join("metadata"), format!("command: {command}\n")).unwrap();
+    let results = sandbox_env::user_dir(&format!("{name}-results"), 0o755);
     let mut cmd = e.command(&[
         "run",
         "--rootfs",
@@ -469,7 +484,20 @@ fn a_local_run_gets_its_gpu() {
         UUID_B,
     ]);
     cmd.env("COMPUTE_WORKER_GPU_ROOT", plain_root());
-    let out = Run(cmd.output().unwrap());
+    if let Some(dir) = nvml {
+        cmd.env("LD_LIBRARY_PATH", dir);
+    }
+    Run(cmd.output().unwrap())
+}
+
+/// `run --gpus`: a local job's programs get the GPU too.
+#[test]
+fn a_local_run_gets_its_gpu() {
+    let out = local_run(
+        "gpu-run",
+        "sh -c 'ls /dev/nvidia*; echo LD=$LD_LIBRARY_PATH'",
+        None,
+    );
     out.ok();
     // `run` shows the programs' output, prefixed, as it runs.
     let shown = out.stderr();
@@ -486,4 +514,32 @@ fn a_local_run_gets_its_gpu() {
         shown.contains("runs with GPUs") && shown.contains("Fake GPU B"),
         "{shown}"
     );
+    // No NVML here (the host has no driver): the report says so, the
+    // job still succeeds.
+    assert!(
+        shown.contains("; GPU figures unavailable: no NVIDIA driver ("),
+        "{shown}"
+    );
+}
+
+/// A program's resource report gives its GPU's peak memory and mean
+/// utilisation, sampled from NVML while it runs.
+#[test]
+fn the_resource_report_gives_the_gpus_peak_memory_and_utilisation() {
+    let out = local_run("gpu-usage", "sleep 1.5", Some(nvml_double()));
+    out.ok();
+    let shown = out.stderr();
+    let report = shown
+        .lines()
+        .find(|l| l.starts_with("[prediction] resources of the submission"))
+        .unwrap_or_else(|| panic!("no resource report: {shown}"));
+    // The double says 1234 MiB, then 2345 MiB, then 1500 MiB: the peak
+    // is kept, whichever sample it was.
+    assert!(
+        report.ends_with(&format!(
+            "; GPU {UUID_B}: peak memory 2.3 GiB, utilisation 56 %"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains(UUID_A), "{report}");
 }

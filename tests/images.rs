@@ -313,3 +313,177 @@ fn image_in_use_survives_a_concurrent_prune() {
     assert!(out.contains(&format!("removed {}", p.reference)), "{out}");
     assert!(images_json(&dir).is_empty());
 }
+
+/// An image whose User is `user`, with a top layer of `extra` entries.
+fn user_image(user: &str, extra: &[E]) -> TestImage {
+    let mut layers = vec![busybox_rootfs_layer(Comp::Gzip)];
+    if !extra.is_empty() {
+        layers.push(layer(extra, Comp::Gzip));
+    }
+    TestImage::with_config(
+        layers,
+        "amd64",
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh", "-c", "id -u; id -g"], "User": user}),
+    )
+}
+
+fn push_test_image(reg: &Registry, repo_tag: &str, img: &TestImage) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(push(&reg.host(), repo_tag, img));
+    format!("{}/{repo_tag}", reg.host())
+}
+
+#[test]
+fn a_named_user_runs_as_the_ids_in_the_images_passwd() {
+    let reg = Registry::start();
+    let named = push_test_image(&reg, "test/named:1", &user_image("user", &[]));
+    let with_group = push_test_image(
+        &reg,
+        "test/named:2",
+        &user_image(
+            "app:staff",
+            &[
+                E::Dir("etc", 0),
+                file(
+                    "etc/passwd",
+                    b"root:x:0:0::/:/bin/sh\napp:x:1234:1234::/:/bin/sh\n",
+                ),
+                file("etc/group", b"root:x:0:\nstaff:x:50:\n"),
+            ],
+        ),
+    );
+    let dir = image_dir("named-user");
+    assert_eq!(exec_image(&dir, &named, &[]).ok(), "1000\n1000\n");
+    assert_eq!(exec_image(&dir, &with_group, &[]).ok(), "1234\n50\n");
+}
+
+#[test]
+fn a_named_user_is_never_looked_up_through_a_symlink_or_unknown() {
+    let reg = Registry::start();
+    // The image's /etc/passwd points at a host file: never followed.
+    let link = push_test_image(
+        &reg,
+        "test/named:link",
+        &user_image(
+            "root",
+            &[E::Dir("etc", 0), E::Symlink("etc/passwd", "/etc/passwd")],
+        ),
+    );
+    let unknown = push_test_image(&reg, "test/named:unknown", &user_image("nobody-here", &[]));
+    let dir = image_dir("named-user-bad");
+    let r = exec_image(&dir, &link, &[]);
+    assert_ne!(r.code(), 0, "{}", r.stdout());
+    assert!(
+        r.stderr().contains("/etc/passwd cannot be read safely") && r.stderr().contains("symlink"),
+        "{}",
+        r.stderr()
+    );
+    let r = exec_image(&dir, &unknown, &[]);
+    assert_ne!(r.code(), 0, "{}", r.stdout());
+    assert!(
+        r.stderr().contains("User `nobody-here`")
+            && r.stderr().contains("is not in the image's /etc/passwd"),
+        "{}",
+        r.stderr()
+    );
+}
+
+/// `compute-worker run` of a trivial submission on `reference`, the cache
+/// in `dir`, with extra environment `vars`; and how long it took.
+fn run_on_image(name: &str, reference: &str, vars: &[(&str, &str)]) -> (Run, std::time::Duration) {
+    let e = env();
+    let work = user_dir(name, 0o755);
+    let submission = work.join("submission");
+    fs::create_dir_all(&submission).unwrap();
+    fs::write(submission.join("metadata.yaml"), "command: true\n").unwrap();
+    chown_tree(&work, e.uid, e.gid);
+    let (sub, results) = (
+        submission.to_string_lossy().into_owned(),
+        work.join("results").to_string_lossy().into_owned(),
+    );
+    let mut cmd = e.images_command(
+        &work.join("images"),
+        &[
+            "run",
+            "--image",
+            reference,
+            "--submission",
+            &sub,
+            "--results",
+            &results,
+        ],
+    );
+    cmd.envs(vars.iter().copied()).env("NO_COLOR", "1");
+    let started = std::time::Instant::now();
+    let r = Run(cmd.output().unwrap());
+    (r, started.elapsed())
+}
+
+/// The log without terminal colours.
+fn plain(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Issue 12 item 4: a registry that refuses connections is a transient
+/// failure: the pull is tried 4 times in all (3 retries, here 1 s apart
+/// instead of 5), then the job fails with Codabench's text.
+#[test]
+fn a_refused_registry_is_tried_four_times() {
+    let reference = format!("127.0.0.1:{}/nothing/here:1", test_support::free_port());
+    let (r, took) = run_on_image(
+        "pull-refused",
+        &reference,
+        &[("COMPUTE_WORKER_PULL_RETRY_DELAY", "1s")],
+    );
+    let err = plain(&r.stderr());
+    assert_eq!(r.code(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "Docker image pull failed: Pull for {reference} failed! Check the logs for more information"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("retrying in").count(), 3, "{err}");
+    assert!(
+        err.contains("attempt=4") && err.contains("giving up"),
+        "{err}"
+    );
+    assert!(took >= std::time::Duration::from_secs(3), "{took:?}");
+}
+
+/// Issue 12 item 4: "manifest unknown" is permanent: the registry is
+/// asked once, and the job fails at once with Codabench's text.
+#[test]
+fn an_unknown_manifest_is_tried_once() {
+    let reg = Registry::start();
+    push_image(&reg, "test/busybox:1");
+    let reference = format!("{}/test/busybox:nope", reg.host());
+    let (r, took) = run_on_image("pull-unknown", &reference, &[]);
+    let err = plain(&r.stderr());
+    assert_eq!(r.code(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "Docker image pull failed: Pull for {reference} failed! Check the logs for more information"
+        )),
+        "{err}"
+    );
+    assert_eq!(reg.manifest_gets("test/busybox", "nope"), 1, "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}

@@ -104,6 +104,43 @@ async fn metrics_show_a_running_job_then_its_outcome_and_phase_times() {
         run.is_some_and(|s| s >= 3.7),
         "the program slept 3.777 s: {done}"
     );
+    // Issue 16: each stage's time, and what the program used.
+    for stage in [
+        "received",
+        "bundles_downloaded",
+        "image_ready",
+        "sandbox_up",
+        "program_done",
+        "outputs_uploaded",
+        "final_status",
+        "cleanup",
+    ] {
+        let count = format!(r#"compute_worker_job_stage_seconds_count{{stage="{stage}"}}"#);
+        assert_eq!(sample(&done, &count), Some(1.0), "{stage}: {done}");
+    }
+    let program_done = sample(
+        &done,
+        r#"compute_worker_job_stage_seconds_sum{stage="program_done"}"#,
+    );
+    assert!(program_done.is_some_and(|s| s >= 3.7), "{done}");
+    let wall = sample(
+        &done,
+        r#"compute_worker_program_wall_seconds_sum{program="program"}"#,
+    );
+    assert!(wall.is_some_and(|s| s >= 3.7), "{done}");
+    for series in [
+        r#"compute_worker_program_cpu_seconds_count{program="program",mode="user"}"#,
+        r#"compute_worker_program_cpu_seconds_count{program="program",mode="system"}"#,
+        r#"compute_worker_program_peak_memory_bytes_count{program="program"}"#,
+        r#"compute_worker_program_written_bytes_count{program="program"}"#,
+    ] {
+        assert_eq!(sample(&done, series), Some(1.0), "{series}: {done}");
+    }
+    let peak = sample(
+        &done,
+        r#"compute_worker_program_peak_memory_bytes_sum{program="program"}"#,
+    );
+    assert!(peak.is_some_and(|b| b > 0.0), "{done}");
     assert_eq!(
         sample(&done, "compute_worker_image_cache_hits_total"),
         Some(1.0),

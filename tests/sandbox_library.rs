@@ -227,7 +227,8 @@ fn client_namespaces() {
         .split(' ')
         .map(String::from)
         .collect();
-    let mut fresh = SandboxConfig::for_current_user(args.state.clone(), None).unwrap();
+    let mut fresh =
+        SandboxConfig::for_current_user(args.state.clone(), None, Default::default()).unwrap();
     fresh.binary = args.binary.clone();
     let mut held = fresh.clone();
     held.hold_user_namespace().unwrap();
@@ -283,7 +284,8 @@ fn client_namespaces() {
 /// Start a sandbox in a held user namespace and wait for a SIGKILL.
 fn client_hang() {
     let args = client_args();
-    let mut cfg = SandboxConfig::for_current_user(args.state.clone(), None).unwrap();
+    let mut cfg =
+        SandboxConfig::for_current_user(args.state.clone(), None, Default::default()).unwrap();
     cfg.binary = args.binary.clone();
     cfg.hold_user_namespace().unwrap();
     let run = RunSpec::new(

@@ -8,6 +8,7 @@ mod sandbox_env;
 mod support;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -64,12 +65,12 @@ async fn a_submission_goes_through_prediction_and_scoring() {
         .upload("prediction_ingestion_stdout.txt")
         .expect("ingestion stdout uploaded");
     assert!(String::from_utf8_lossy(&ingest_log.body).contains("ingestion: done"));
-    let frames = site
-        .ws_frames_when(|f| f.iter().any(|f| f.frame["kind"] == "ingestion"))
-        .await;
-    assert!(frames.iter().any(|f| f.frame["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("8 samples"))));
+    // Every line is there once the status is: no waiting.
+    assert!(
+        site.has_line("ingestion", "8 samples"),
+        "{:?}",
+        site.ws_frames()
+    );
 
     publish(&queue, &scoring_args(&site, IMAGE));
     let st = wait_for_status(&site, &serve, "Finished", 90).await;
@@ -96,6 +97,15 @@ async fn a_submission_goes_through_prediction_and_scoring() {
             .all(|p| p.ends_with("data") || p.ends_with("cache")),
         "job directories left: {left:?}"
     );
+    // HOST_DIRECTORY (job directories, the dataset cache with reference
+    // data) is the worker's alone.
+    let mode = fs::metadata(&host).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode,
+        0o700,
+        "HOST_DIRECTORY {} has mode {mode:04o}",
+        host.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,22 +119,47 @@ async fn a_missing_image_fails_with_the_pull_report() {
     );
     let st = wait_for_status(&site, &serve, "Failed", 120).await;
     assert_eq!(st.last().map(String::as_str), Some("Failed"));
-    let patches = site.patches();
-    let report = patches
-        .iter()
-        .find(|p| p.get("type").is_some())
-        .expect("a failure report");
+    let report = site.failure_report();
     assert_eq!(report.get("type"), Some("Docker_Image_Pull_Fail"));
     assert_eq!(report.get("is_scoring"), Some("False"));
-    let failed = patches
-        .iter()
-        .rev()
-        .find(|p| p.get("status") == Some("Failed"))
-        .unwrap();
-    assert!(failed
-        .get("status_details")
-        .unwrap()
-        .contains("Pull for localhost:1/nothing/here:1 failed"));
+    assert!(site
+        .failed_details()
+        .starts_with("Docker image pull failed: Pull for localhost:1/nothing/here:1 failed"));
+    serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_over_the_size_cap_fails_the_job_at_once_naming_size_and_cap() {
+    let reg = test_support::Registry::start();
+    let img = test_support::TestImage::new(vec![test_support::busybox_rootfs_layer(
+        test_support::Comp::Gzip,
+    )]);
+    test_support::push(&reg.host(), "cw-e2e/big:1", &img).await;
+    let size = img.layers[0].blob.len() as u64;
+    let reference = format!("{}/cw-e2e/big:1", reg.host());
+    let queue = unique_queue("e2e-cap");
+    let serve = Serve::start_with(
+        "serve-cap",
+        &queue,
+        &[("COMPUTE_WORKER_MAX_IMAGE_SIZE", "100k")],
+    );
+    let site = demo_site(509).await;
+    publish(&queue, &prediction_args(&site, &reference, 60));
+    wait_for_status(&site, &serve, "Failed", 120).await;
+    let patches = site.patches();
+    let report = site.failure_report();
+    assert_eq!(report.get("type"), Some("Docker_Image_Pull_Fail"));
+    let all = format!("{patches:?}");
+    assert!(
+        all.contains(&reference)
+            && all.contains(&format!("({size} bytes)"))
+            && all.contains("cap of 100.0 KiB (102400 bytes)"),
+        "{all}\n{}",
+        serve.log()
+    );
+    // Refused from the manifest: no blob was fetched, and it was not retried.
+    assert_eq!(reg.blob_gets(&img.layers[0].digest()), 0);
+    assert_eq!(reg.manifest_gets("cw-e2e/big", "1"), 1, "{}", serve.log());
     serve.stop();
 }
 
@@ -154,21 +189,19 @@ async fn the_time_limit_kills_both_programs_and_is_reported() {
         "took {:?}",
         t.elapsed()
     );
-    let patches = site.patches();
-    let report = patches
-        .iter()
-        .find(|p| p.get("type").is_some())
-        .expect("a failure report");
+    let report = site.failure_report();
     assert_eq!(report.get("type"), Some("Execution_Time_Limit_Exceeded"));
     assert_eq!(
         report.get("error_message"),
         Some("Execution Time Limit exceeded. Limit was 2 seconds")
     );
-    assert!(
-        host_processes("sleep 440").is_empty(),
-        "{:?}",
-        host_processes("sleep 440")
-    );
+    // Only this test's sleeps: the soft-limit test runs `sleep 4404` at the
+    // same time.
+    let left: Vec<String> = ["sleep 4401", "sleep 4402", "sleep 4403"]
+        .iter()
+        .flat_map(|s| host_processes(s))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     serve.stop();
 }
 
@@ -302,7 +335,7 @@ async fn a_broker_connection_lost_mid_job_neither_loses_nor_repeats_it() {
     // The broker drops the worker's connection while the job runs: the
     // unacknowledged task goes back to the queue and is redelivered after
     // the worker reconnects.
-    let host = compute_worker::broker::consumer::hostname();
+    let host = compute_worker::hostname::hostname();
     let name = format!("compute-worker@{host}:{}", serve.child.id());
     assert!(
         support::amqp::drop_connection(&name) > 0,
@@ -389,21 +422,32 @@ async fn the_soft_time_limit_fails_the_job_and_kills_it() {
 }
 
 /// A site that answers a PATCH with an error: a failed Running report does
-/// not stop the job, and the final status is retried until it lands
-/// (Codabench's worker gives up and leaves the submission stuck).
+/// not stop the job. A `Scoring` PATCH answered with 500 is never sent
+/// again: Codabench queues the scoring step before it saves the status, so
+/// a retry would score the submission twice (upstream #2419, #2557).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_patches_the_site_refuses_are_survived_and_retried() {
+async fn a_scoring_patch_answered_500_queues_scoring_only_once() {
     let queue = unique_queue("e2e-patch500");
     let serve = Serve::start("serve-patch500", &queue);
     let site = FakeSite::start(508, 7).await;
     site.fail_status("Running", 503, 1);
-    // Scoring is the prediction step's final status (the site then queues
-    // the scoring step).
     site.fail_status("Scoring", 500, 2);
     let args = submission_only_args(&site, "patch-submission", "echo ok", 60);
     publish(&queue, &args);
-    let st = wait_for_status(&site, &serve, "Scoring", 60).await;
-    assert_eq!(st.last().map(String::as_str), Some("Scoring"), "{st:?}");
+    let t = Instant::now();
+    while !serve.log().contains("job done") {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the job did not end; statuses {:?}\n{}",
+            site.statuses(),
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Longer than the worker's pause between status retries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(site.scorings_queued(), 1, "{}", serve.log());
+    let st = site.statuses();
     assert!(!st.contains(&"Failed".to_string()), "{st:?}");
     let rejected: Vec<String> = site
         .rejected_patches()
@@ -414,7 +458,12 @@ async fn status_patches_the_site_refuses_are_survived_and_retried() {
                 .map(|(_, v)| v.clone())
         })
         .collect();
-    assert_eq!(rejected, ["Running", "Scoring", "Scoring"]);
+    assert_eq!(rejected, ["Running", "Scoring"]);
+    assert!(
+        serve.log().contains("not sending it again"),
+        "the worker says why: {}",
+        serve.log()
+    );
     serve.stop();
 }
 
@@ -478,6 +527,84 @@ async fn json_logs_carry_the_submission_in_the_job_span() {
         .unwrap_or_else(|| panic!("no job span line in\n{log}"));
     assert_eq!(done["span"]["submission"], 511, "{done}");
     assert_eq!(done["span"]["scoring"], false, "{done}");
+}
+
+/// Issue 16: the job's JSON line says where its time went, stage by
+/// stage (the stages add up to the time from the task's receipt to that
+/// line, within 5 %), how the image came, and what the program used;
+/// the stderr log the site receives ends with that resource report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_say_where_the_time_went_and_what_the_program_used() {
+    let queue = unique_queue("e2e-stages");
+    let serve = Serve::start_with(
+        "serve-stages",
+        &queue,
+        &[("COMPUTE_WORKER_LOG_FORMAT", "json")],
+    );
+    let site = FakeSite::start(513, 7).await;
+    let args = submission_only_args(
+        &site,
+        "stages-submission",
+        "sh -c 'sleep 1.5; echo done >&2'",
+        60,
+    );
+    publish(&queue, &args);
+    wait_for_status(&site, &serve, "Scoring", 60).await;
+    let t = Instant::now();
+    while !serve.log().contains("\"job done\"") && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = serve.log();
+    serve.stop();
+    let done: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "job done")
+        .unwrap_or_else(|| panic!("no job done line in\n{log}"));
+    let f = &done["fields"];
+    let secs = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k} in {done}"));
+    let stages = [
+        "received_s",
+        "bundles_downloaded_s",
+        "image_ready_s",
+        "sandbox_up_s",
+        "program_done_s",
+        "outputs_uploaded_s",
+        "final_status_s",
+        "cleanup_s",
+    ];
+    let sum: f64 = stages.iter().map(|k| secs(k)).sum();
+    let elapsed = secs("elapsed_s");
+    assert!(
+        (sum - elapsed).abs() <= 0.05 * elapsed,
+        "stages add up to {sum} s, the job took {elapsed} s: {done}"
+    );
+    assert!(secs("program_done_s") >= 1.5, "{done}");
+    assert_eq!(f["image_source"], "cached", "{done}");
+    assert_eq!(f["image_bytes"], 0, "{done}");
+    let resources: serde_json::Value =
+        serde_json::from_str(f["resources"].as_str().expect("resources")).unwrap();
+    let submission = &resources[0];
+    assert_eq!(submission["program"], "submission", "{resources}");
+    assert_eq!(submission["ended"], "exit code 0", "{resources}");
+    assert!(
+        submission["wall_seconds"].as_f64().unwrap() >= 1.5,
+        "{resources}"
+    );
+    assert!(
+        submission["peak_memory_bytes"].as_u64().unwrap() > 0,
+        "{resources}"
+    );
+    let err = site
+        .upload("prediction_stderr.txt")
+        .expect("stderr uploaded");
+    let err = String::from_utf8_lossy(&err.body).into_owned();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("[compute-worker] resources of the submission")
+            && last.contains("exit code 0"),
+        "{err}"
+    );
 }
 
 /// The site drops the live-log WebSocket mid-stream and refuses the next

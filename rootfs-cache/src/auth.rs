@@ -44,15 +44,15 @@ struct AuthFile {
 }
 
 /// The auth files consulted by default, in order: `$REGISTRY_AUTH_FILE`,
-/// `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`
-/// (else `~/.docker/config.json`).
+/// `$XDG_RUNTIME_DIR/containers/auth.json` (when absolute: [`dirs::runtime_dir`]),
+/// `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`).
 pub fn default_auth_files() -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|x| !x.is_empty()) {
         v.push(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
-        v.push(PathBuf::from(p).join("containers/auth.json"));
+    if let Some(d) = dirs::runtime_dir() {
+        v.push(d.join("containers/auth.json"));
     }
     if let Some(p) = std::env::var_os("DOCKER_CONFIG").filter(|x| !x.is_empty()) {
         v.push(PathBuf::from(p).join("config.json"));

@@ -279,13 +279,13 @@ pub struct RegistriesConf {
 impl RegistriesConf {
     /// The files looked at by default, in order: the user's
     /// (`$XDG_CONFIG_HOME/containers/registries.conf`, else
-    /// `~/.config/containers/registries.conf`), then `/etc/containers/registries.conf`.
+    /// `~/.config/containers/registries.conf`; [`dirs::config_dir`], which
+    /// takes `$XDG_CONFIG_HOME` only when absolute, as the XDG rules say),
+    /// then `/etc/containers/registries.conf`.
     pub fn default_paths() -> Vec<PathBuf> {
         let mut v = Vec::new();
-        if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
-            v.push(PathBuf::from(x).join("containers/registries.conf"));
-        } else if let Some(h) = dirs::home_dir() {
-            v.push(h.join(".config/containers/registries.conf"));
+        if let Some(d) = dirs::config_dir() {
+            v.push(d.join("containers/registries.conf"));
         }
         v.push(PathBuf::from("/etc/containers/registries.conf"));
         v

@@ -7,16 +7,20 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
-use sha2::{Digest, Sha256};
-
+use crate::bounds::{copy_sparse, UnpackBounds};
 use crate::error::{Error, Result};
+
+mod inflate;
+
+pub use inflate::{detect_compression, Compression};
+use inflate::{inflate, Chunk, ChunkReader, CHUNK, CHUNKS_IN_FLIGHT};
 
 /// What to do about file owners recorded in the layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -43,6 +47,10 @@ pub struct UnpackOptions {
     pub expected_diff_id: Option<String>,
     /// File owner policy.
     pub ownership: Ownership,
+    /// Bounds on the bytes and entries the layer may unpack to; the layer
+    /// stops with [`Error::UnsafeEntry`] at the first entry past either.
+    #[serde(default)]
+    pub bounds: UnpackBounds,
 }
 
 /// Counts of what [`unpack_layer`] did.
@@ -68,28 +76,10 @@ pub struct UnpackReport {
     pub bytes: u64,
     /// Entries whose owner could not be set (with [`Ownership::BestEffort`]).
     pub chown_failures: u64,
-}
-
-/// Compression of a layer blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip.
-    Gzip,
-    /// zstd.
-    Zstd,
-}
-
-/// Detect the compression of a blob from its first bytes.
-pub fn detect_compression(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
+    /// Entries unpacked (inodes and links), counted against
+    /// [`UnpackBounds::max_entries`].
+    #[serde(default)]
+    pub entries: u64,
 }
 
 /// Whether `media_type` names a layer this crate can unpack (tar, tar+gzip,
@@ -100,86 +90,6 @@ pub fn is_supported_layer_media_type(media_type: &str) -> bool {
         || (!media_type.contains("encrypted")
             && (media_type.starts_with("application/vnd.oci.image.layer.")
                 || media_type.starts_with("application/vnd.docker.image.rootfs.")))
-}
-
-/// Size of the pieces of the uncompressed tar stream that the inflate thread
-/// hands to the writer, and of the writer's copy buffer.
-const CHUNK: usize = 1 << 20;
-/// Pieces in flight between the two threads.
-const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// A piece of the uncompressed tar stream: `buf[..len]`.
-struct Chunk {
-    buf: Vec<u8>,
-    len: usize,
-}
-
-/// The writer's end of the inflate thread: reads the uncompressed tar stream
-/// and hands emptied buffers back for reuse.
-struct ChunkReader {
-    chunks: mpsc::Receiver<io::Result<Chunk>>,
-    empties: mpsc::SyncSender<Vec<u8>>,
-    cur: Chunk,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len {
-            match self.chunks.recv() {
-                Ok(Ok(next)) => {
-                    let used = std::mem::replace(&mut self.cur, next);
-                    let _ = self.empties.try_send(used.buf);
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                // The inflate thread has finished: end of stream.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len - self.pos);
-        out[..n].copy_from_slice(&self.cur.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Read all of `input`, decompress it (format detected from the content),
-/// hash the uncompressed stream and send it to the writer in [`Chunk`]s.
-/// Returns the diff id. Stops early (with `Ok`) when the writer has gone.
-fn inflate(
-    input: impl Read,
-    chunks: &mpsc::SyncSender<io::Result<Chunk>>,
-    empties: &mpsc::Receiver<Vec<u8>>,
-) -> io::Result<String> {
-    let mut buf = BufReader::with_capacity(256 * 1024, input);
-    let head = buf.fill_buf()?;
-    let mut decompressed: Box<dyn Read> = match detect_compression(head) {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buf)?),
-        Compression::None => Box::new(buf),
-    };
-    let mut hasher = Sha256::new();
-    loop {
-        let mut piece = empties.try_recv().unwrap_or_default();
-        piece.resize(CHUNK, 0);
-        let mut len = 0;
-        while len < piece.len() {
-            match decompressed.read(&mut piece[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if len == 0 {
-            return Ok(format!("sha256:{}", hex::encode(hasher.finalize())));
-        }
-        hasher.update(&piece[..len]);
-        if chunks.send(Ok(Chunk { buf: piece, len })).is_err() {
-            return Ok(String::new());
-        }
-    }
 }
 
 /// True when this process is root in the initial user namespace (so
@@ -252,7 +162,7 @@ impl Ctx<'_> {
             image: self.opts.image.clone(),
             layer: self.opts.layer.clone(),
             entry: entry.to_string(),
-            source: io::Error::new(e.kind(), format!("{what}: {e}")),
+            source: crate::error::Doing::wrap(what, e),
         }
     }
 
@@ -447,12 +357,38 @@ impl Ctx<'_> {
             return Ok(());
         }
         let comps = self.components(&name, &raw)?;
+        self.report.entries += 1;
+        let size = if matches!(
+            kind,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
+        ) {
+            e.size()
+        } else {
+            0
+        };
+        // Checked before anything is written: a declared size past the
+        // bound stops the layer before its first byte.
+        if let Some(why) = self
+            .opts
+            .bounds
+            .exceeded(self.report.bytes.saturating_add(size), self.report.entries)
+        {
+            return Err(self.unsafe_entry(&name, why));
+        }
 
         // Metadata from the header, overridden by PAX records.
         let h = e.header();
         let mut uid = h.uid().unwrap_or(0);
         let mut gid = h.gid().unwrap_or(0);
-        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        // No setuid or setgid file leaves a layer: image root is the
+        // worker's user on the host, so such a file would be a setuid-worker
+        // program for every local account (and no_new_privs makes the bits
+        // useless in the sandbox). A directory's setgid only sets group
+        // inheritance: it stays.
+        let mode = match kind {
+            tar::EntryType::Directory => h.mode().unwrap_or(0o755) & 0o7777,
+            _ => h.mode().unwrap_or(0o644) & 0o1777,
+        };
         let mut mtime = h
             .mtime()
             .ok()
@@ -482,11 +418,15 @@ impl Ctx<'_> {
         }
 
         let Some((base, parents)) = comps.split_last() else {
-            // The layer root itself ("./"): take its mode and owner.
-            let root = self.dest;
-            self.chown(&name, root, uid, gid)?;
+            // The layer root itself ("./"). Its owner stays the worker
+            // (image root) and it stays writable by it: the store renames
+            // it into `l/`, which a directory of another owner, or without
+            // the owner's write bit, forbids. Nothing sees it: the merged
+            // root of an overlay takes the run's upper directory's owner
+            // and mode.
+            let _ = (uid, gid);
             self.deferred_dirs
-                .push((self.dest.to_path_buf(), mode, mtime));
+                .push((self.dest.to_path_buf(), mode | 0o700, mtime));
             return Ok(());
         };
         let parent = self.walk_dirs(&name, parents, true)?;
@@ -542,7 +482,7 @@ impl Ctx<'_> {
                 };
                 let mut f = create_replacing!(self, &name, &target, open(&target))
                     .map_err(|err| self.io_err(&name, "creating file", err))?;
-                let n = copy_with(&mut e, &mut f, &mut self.buf)
+                let n = copy_sparse(&mut e, &mut f, &mut self.buf)
                     .map_err(|err| self.io_err(&name, "writing file", err))?;
                 self.report.files += 1;
                 self.report.bytes += n;
@@ -642,22 +582,6 @@ impl Ctx<'_> {
     }
 }
 
-/// `io::copy` with a caller-provided buffer (std's is 8 KiB: one write
-/// syscall per 8 KiB of a large file).
-fn copy_with(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
-    let mut total = 0;
-    loop {
-        let n = match r.read(buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        w.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-}
-
 /// Unpack the layer `blob` (tar, tar+gzip or tar+zstd; detected from the
 /// content) into the directory `dest` (created if missing), converting
 /// whiteouts to overlayfs form. See [`unpack_layer_from`].
@@ -671,7 +595,7 @@ pub fn unpack_layer(
         image: opts.image.clone(),
         layer: opts.layer.clone(),
         entry: String::new(),
-        source: io::Error::new(e.kind(), format!("opening {}: {e}", blob.display())),
+        source: crate::error::Doing::wrap(format!("opening {}", blob.display()), e),
     })?;
     unpack_layer_from(f, media_type, dest, opts)
 }
@@ -805,6 +729,14 @@ pub trait LayerUnpacker: Send + Sync {
         dest: &Path,
         opts: &UnpackOptions,
     ) -> Result<UnpackReport>;
+
+    /// The [`crate::tree_digest`] of an unpacked tree, as this unpacker's
+    /// owners see it. Override as [`LayerUnpacker::remove_tree`] is (files
+    /// owned by sub-uids, unreadable here); the default hashes in this process.
+    fn tree_digest(&self, dir: &Path) -> Result<String> {
+        crate::tree_digest::tree_digest(dir)
+            .map_err(|e| Error::io(format!("hashing the tree {}", dir.display()), e))
+    }
 
     /// Remove an unpacked tree (a layer being evicted, or scratch left by a
     /// crash). Override when the tree holds files this process cannot delete

@@ -96,6 +96,7 @@ pub struct RunArgs {
     /// Scoring step: presigned PUT for the scoring output zip.
     #[serde(default)]
     pub scoring_result: Option<String>,
+    /// Legacy sites: the ingestion program zip.
     #[serde(default)]
     pub ingestion_program: Option<String>,
     #[serde(default)]
@@ -104,9 +105,19 @@ pub struct RunArgs {
     pub reference_data: Option<String>,
     #[serde(default, deserialize_with = "de_bool_or_null")]
     pub ingestion_only_during_scoring: bool,
-    /// Prediction: the submission zip; scoring: the scoring program zip.
+    /// Legacy sites (≤ v1.26). Prediction: the submission zip; scoring:
+    /// the scoring program zip.
     #[serde(default)]
     pub program_data: Option<String>,
+    /// Sites from v1.27 on: the submission zip, in both steps.
+    #[serde(default)]
+    pub submission_data: Option<String>,
+    /// Sites from v1.27 on: the ingestion program (legacy: `ingestion_program`).
+    #[serde(default)]
+    pub ingestion_program_data: Option<String>,
+    /// Sites from v1.27 on, scoring step: the scoring program zip.
+    #[serde(default)]
+    pub scoring_program_data: Option<String>,
     #[serde(default)]
     pub prediction_stdout: Option<String>,
     #[serde(default)]
@@ -123,6 +134,9 @@ pub struct RunArgs {
     pub scoring_ingestion_stdout: Option<String>,
     #[serde(default)]
     pub scoring_ingestion_stderr: Option<String>,
+    /// Human in the loop (Codabench #2443); absent or null: false.
+    #[serde(default, deserialize_with = "de_bool_or_null")]
+    pub human_in_the_loop: bool,
     /// Keys this worker does not know about.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -138,6 +152,19 @@ pub struct LogUrls {
 }
 
 impl RunArgs {
+    /// The keys the task carries with a value, sorted (for messages about
+    /// what a task lacks).
+    pub fn keys(&self) -> Vec<String> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| k)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The log upload URLs of this step (`prediction_*` or `scoring_*`).
     pub fn log_urls(&self) -> LogUrls {
         if self.is_scoring {

@@ -10,8 +10,10 @@
 //!   slots holds at most N unacknowledged jobs. A job is acknowledged only
 //!   when the [`JobHandler`] returns (also on failure, like Celery's
 //!   `acks_late`), so a job whose worker dies is redelivered.
-//! * Revoke: an exclusive auto-delete queue bound to the fanout exchange
-//!   `celery.pidbox` receives `{"method": "revoke", "arguments":
+//! * Remote control ([`super::pidbox`]): the queue `<node>.celery.pidbox`
+//!   on the same connection as the job slots (Codabench's worker panel
+//!   lists the worker by it and sees it busy when a slot's channel holds
+//!   an unacknowledged job) answers `celery inspect` and receives `{"method": "revoke", "arguments":
 //!   {"task_id": ..., "terminate": true}}` from the site's
 //!   `Submission.cancel()`. Revoked ids are kept (bounded) so later
 //!   deliveries of them are dropped; a running job's [`Job::cancel`] token
@@ -27,84 +29,30 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::celery::{self, TaskMessage};
-use super::url::{BrokerUrl, TlsMode};
+use super::connect::{connect, declare_topology};
+use super::events;
+use super::exit_policy::{Admit, Closing};
+use super::pidbox::{self, ActiveTask, Clock};
 
-/// Name of Celery's remote-control fanout exchange.
-pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
-/// Codabench's queue (and exchange, and routing key) name.
-pub const DEFAULT_QUEUE: &str = "compute-worker";
+pub use super::config::{BrokerError, ConsumerConfig, ExitPolicy, DEFAULT_QUEUE};
+pub use super::pidbox::PIDBOX_EXCHANGE;
 
 /// How many revoked / finished task ids are remembered.
 const REMEMBERED_IDS: usize = 10_000;
-
-/// Consumer settings.
-#[derive(Debug, Clone)]
-pub struct ConsumerConfig {
-    pub broker: BrokerUrl,
-    /// Queue, exchange and routing key name (`compute-worker`).
-    pub queue: String,
-    /// Jobs run at the same time (each on its own channel, prefetch 1).
-    pub slots: usize,
-    /// Celery node name (`compute-worker@<hostname>`): revokes addressed to
-    /// other nodes are ignored, and it names the pidbox queue.
-    pub node_name: String,
-    /// AMQP heartbeat in seconds (Celery asks for 120).
-    pub heartbeat: u16,
-    /// Reconnection backoff: first delay, doubled up to `reconnect_max`.
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    /// Client-provided connection name shown by RabbitMQ.
-    pub connection_name: String,
-    /// With [`TlsMode::Verify`]: trust only the CA certificates in this PEM
-    /// file (a private CA) instead of the system's roots.
-    pub tls_ca_file: Option<PathBuf>,
-}
-
-impl ConsumerConfig {
-    /// Defaults for a broker: queue `compute-worker`, 1 slot, heartbeat
-    /// 120 s, reconnect 1 s .. 30 s.
-    pub fn new(broker: BrokerUrl) -> Self {
-        let host = hostname();
-        ConsumerConfig {
-            broker,
-            queue: DEFAULT_QUEUE.to_string(),
-            slots: 1,
-            node_name: format!("compute-worker@{host}"),
-            heartbeat: 120,
-            reconnect_min: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(30),
-            connection_name: format!("compute-worker@{host}"),
-            tls_ca_file: None,
-        }
-    }
-}
-
-/// This machine's host name (as `socket.gethostname()`).
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_string())
-}
 
 /// One job handed to the [`JobHandler`].
 #[derive(Debug, Clone)]
@@ -119,6 +67,8 @@ pub struct Job {
     /// When the Celery soft time limit (`timelimit[1]`) runs out, counted
     /// from receipt. The handler should fail the job at this point.
     pub deadline: Option<Instant>,
+    /// When the worker received the task's message.
+    pub received: Instant,
 }
 
 /// What to do with a job's message once its handler is done.
@@ -165,26 +115,11 @@ pub struct Revocation {
     pub was_running: bool,
 }
 
-/// Errors at the broker edge.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("AMQP error talking to {broker}: {source}")]
-    Amqp {
-        broker: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("TLS to {broker} failed: {reason}")]
-    Tls { broker: String, reason: String },
-    #[error("connection to {0} was lost")]
-    ConnectionLost(String),
-}
-
 /// A bounded set that forgets its oldest entries.
 #[derive(Debug, Default)]
-struct BoundedSet {
+pub(super) struct BoundedSet {
     set: HashSet<String>,
-    order: VecDeque<String>,
+    pub(super) order: VecDeque<String>,
 }
 
 impl BoundedSet {
@@ -203,26 +138,31 @@ impl BoundedSet {
     }
 }
 
-struct Running {
+pub(super) struct Running {
     cancel: CancellationToken,
     done: watch::Receiver<bool>,
+    pub(super) task: ActiveTask,
 }
 
 #[derive(Default)]
-struct State {
-    running: HashMap<String, Running>,
-    revoked: BoundedSet,
+pub(super) struct State {
+    pub(super) running: HashMap<String, Running>,
+    pub(super) revoked: BoundedSet,
     finished_unacked: BoundedSet,
+    /// Jobs finished since start (Celery's `total` / `processed`).
+    pub(super) processed: u64,
 }
 
 /// The consumer. Create it, subscribe to [`Consumer::revocations`] if
 /// needed, then drive [`Consumer::run`].
 #[derive(Clone)]
 pub struct Consumer {
-    cfg: Arc<ConsumerConfig>,
-    state: Arc<Mutex<State>>,
+    pub(super) cfg: Arc<ConsumerConfig>,
+    pub(super) state: Arc<Mutex<State>>,
     revocations: broadcast::Sender<Revocation>,
     conn: watch::Sender<Option<(u64, Arc<Connection>)>>,
+    pub(super) clock: Arc<Clock>,
+    pub(super) started: Instant,
 }
 
 impl Consumer {
@@ -234,6 +174,8 @@ impl Consumer {
             state: Arc::default(),
             revocations,
             conn,
+            clock: Arc::default(),
+            started: Instant::now(),
         }
     }
 
@@ -252,29 +194,49 @@ impl Consumer {
         self.state.lock().unwrap().revoked.contains(task_id)
     }
 
-    /// Consume until `shutdown` is cancelled. On shutdown no new job is
-    /// taken; running jobs are awaited (and acknowledged) before returning.
-    /// Connection failures are retried forever with backoff.
-    pub async fn run<H: JobHandler>(&self, handler: Arc<H>, shutdown: CancellationToken) {
+    /// Consume until `shutdown` is cancelled, or until the configured
+    /// [`ExitPolicy`](super::exit_policy::ExitPolicy) closes the consumer.
+    /// Then no new job is taken (a task received but not started goes back
+    /// to the broker); running jobs are awaited (and acknowledged) before
+    /// returning. Connection failures are retried forever with backoff.
+    /// Returns why the policy closed the consumer, if it did.
+    pub async fn run<H: JobHandler>(
+        &self,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) -> Option<String> {
+        let closing = Arc::new(Closing::new(self.cfg.exit, &shutdown));
+        let idle = {
+            let closing = closing.clone();
+            tokio::spawn(async move { closing.watch_idle().await })
+        };
         let mut slots = Vec::new();
         for i in 0..self.cfg.slots.max(1) {
             let this = self.clone();
             let handler = handler.clone();
-            let shutdown = shutdown.clone();
+            let closing = closing.clone();
             slots.push(tokio::spawn(async move {
-                this.slot(i, handler, shutdown).await
+                this.slot(i, handler, &closing).await
             }));
         }
-        self.manage_connection(shutdown.clone()).await;
+        // The connection (and the pidbox queue the worker panel lists)
+        // stays up until the running jobs are done and acknowledged.
+        let stop = CancellationToken::new();
+        let manager = {
+            let (this, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move { this.manage_connection(stop).await })
+        };
         for s in slots {
             if let Err(e) = s.await {
                 error!("job slot task failed: {e}");
             }
         }
-        let current = self.conn.send_replace(None);
-        if let Some((_, c)) = current {
-            let _ = c.close(200, "worker shutting down").await;
+        stop.cancel();
+        idle.abort();
+        if let Err(e) = manager.await {
+            error!("broker connection task failed: {e}");
         }
+        closing.reason()
     }
 
     /// Keep one connection up: connect, declare topology, consume pidbox;
@@ -294,6 +256,8 @@ impl Consumer {
                     let lost = self.watch_session(&conn, pidbox, &shutdown).await;
                     self.conn.send_replace(None);
                     if !lost {
+                        self.send_event(&conn, None, "worker-offline").await;
+                        let _ = conn.close(200, "worker shutting down").await;
                         return;
                     }
                     warn!(%broker, "lost the broker connection; running jobs continue, reconnecting");
@@ -311,7 +275,7 @@ impl Consumer {
     }
 
     /// Wait until the connection dies (true) or shutdown (false), handling
-    /// pidbox messages meanwhile.
+    /// pidbox messages and sending heartbeats meanwhile.
     async fn watch_session(
         &self,
         conn: &Connection,
@@ -320,6 +284,12 @@ impl Consumer {
     ) -> bool {
         let mut events = conn.events_listener();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut heartbeat = tokio::time::interval(events::HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let mut event_channel = None;
+        self.send_event(conn, Some(&mut event_channel), "worker-online")
+            .await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
@@ -332,7 +302,7 @@ impl Consumer {
                     None => return true,
                 },
                 msg = pidbox.next() => match msg {
-                    Some(Ok(d)) => self.on_pidbox(&d.properties, &d.data),
+                    Some(Ok(d)) => self.on_pidbox(conn, &d.properties, &d.data).await,
                     Some(Err(e)) => {
                         warn!("revoke (pidbox) consumer failed: {e}");
                         return true;
@@ -344,11 +314,14 @@ impl Consumer {
                         return true;
                     }
                 }
+                _ = heartbeat.tick() => {
+                    self.send_event(conn, Some(&mut event_channel), "worker-heartbeat").await;
+                }
             }
         }
     }
 
-    fn amqp_err(&self, source: lapin::Error) -> BrokerError {
+    pub(super) fn amqp_err(&self, source: lapin::Error) -> BrokerError {
         BrokerError::Amqp {
             broker: self.cfg.broker.to_string(),
             source,
@@ -363,89 +336,11 @@ impl Consumer {
         declare_topology(&ch, &self.cfg.queue)
             .await
             .map_err(|e| self.amqp_err(e))?;
-        // Remote control: fanout exchange as kombu's Mailbox declares it.
-        ch.exchange_declare(
-            PIDBOX_EXCHANGE,
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: false,
-                auto_delete: false,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| self.amqp_err(e))?;
-        let pidbox_queue = format!(
-            "{}.{}.celery.pidbox",
-            self.cfg.node_name,
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongInt(300_000));
-        ch.queue_declare(
-            &pidbox_queue,
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .map_err(|e| self.amqp_err(e))?;
-        ch.queue_bind(
-            &pidbox_queue,
-            PIDBOX_EXCHANGE,
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| self.amqp_err(e))?;
-        let pidbox = ch
-            .basic_consume(
-                &pidbox_queue,
-                &format!("{}-pidbox", self.cfg.node_name),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.amqp_err(e))?;
+        let pidbox = self.open_mailbox(&ch).await?;
         Ok((conn, ch, pidbox))
     }
 
-    fn on_pidbox(&self, props: &lapin::BasicProperties, body: &[u8]) {
-        let headers = props
-            .headers()
-            .as_ref()
-            .map(celery::table_to_json)
-            .unwrap_or_default();
-        if let Some(exp) = headers.get("expires").and_then(Value::as_f64) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            if exp < now {
-                debug!("ignoring expired remote-control message");
-                return;
-            }
-        }
-        match parse_revoke(body, &self.cfg.node_name) {
-            Ok(Some((ids, terminate))) => {
-                for id in ids {
-                    self.revoke(id, terminate);
-                }
-            }
-            Ok(None) => debug!("ignoring remote-control message that is not a revoke for us"),
-            Err(e) => warn!("ignoring malformed remote-control message: {e}"),
-        }
-    }
-
-    fn revoke(&self, task_id: String, terminate: bool) {
+    pub(super) fn revoke(&self, task_id: String, terminate: bool) {
         let was_running = {
             let mut st = self.state.lock().unwrap();
             st.revoked.insert(task_id.clone());
@@ -468,13 +363,11 @@ impl Consumer {
     }
 
     /// One job slot: its own channel (prefetch 1) on the current
-    /// connection; runs one job at a time.
-    async fn slot<H: JobHandler>(
-        &self,
-        index: usize,
-        handler: Arc<H>,
-        shutdown: CancellationToken,
-    ) {
+    /// connection; runs one job at a time. When the consumer closes, the
+    /// channel is closed, so that a task the broker already sent it goes
+    /// back to the queue.
+    async fn slot<H: JobHandler>(&self, index: usize, handler: Arc<H>, closing: &Closing) {
+        let shutdown = closing.taking();
         let mut conn_rx = self.conn.subscribe();
         'outer: while !shutdown.is_cancelled() {
             // Wait for a live connection.
@@ -489,7 +382,7 @@ impl Consumer {
             };
             let tag = format!("{}-slot{index}-{generation}", self.cfg.node_name);
             // Keep the channel handle alive: dropping it closes the channel.
-            let (_channel, mut consumer) = match self.open_slot(&conn, &tag).await {
+            let (channel, mut consumer) = match self.open_slot(&conn, &tag).await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(slot = index, "cannot consume: {e}");
@@ -504,7 +397,13 @@ impl Consumer {
             };
             loop {
                 let next = tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
+                    // A closed consumer takes nothing more, even a
+                    // delivery that is already here.
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        let _ = channel.close(200, "not taking jobs").await;
+                        break 'outer;
+                    }
                     _ = conn_rx.changed() => {
                         if matches!(&*conn_rx.borrow(), Some((g, _)) if *g == generation) {
                             continue;
@@ -514,15 +413,15 @@ impl Consumer {
                     d = consumer.next() => d,
                 };
                 match next {
-                    Some(Ok(delivery)) => self.process(delivery, handler.as_ref()).await,
+                    Some(Ok(delivery)) => self.process(delivery, handler.as_ref(), closing).await,
                     Some(Err(e)) => {
                         warn!(slot = index, "consumer failed: {e}");
-                        self.wait_new_generation(&mut conn_rx, generation, &shutdown)
+                        self.wait_new_generation(&mut conn_rx, generation, shutdown)
                             .await;
                         continue 'outer;
                     }
                     None => {
-                        self.wait_new_generation(&mut conn_rx, generation, &shutdown)
+                        self.wait_new_generation(&mut conn_rx, generation, shutdown)
                             .await;
                         continue 'outer;
                     }
@@ -570,7 +469,13 @@ impl Consumer {
     }
 
     /// Decode, de-duplicate, run and acknowledge one delivery.
-    async fn process(&self, delivery: lapin::message::Delivery, handler: &dyn JobHandler) {
+    async fn process(
+        &self,
+        delivery: lapin::message::Delivery,
+        handler: &dyn JobHandler,
+        closing: &Closing,
+    ) {
+        let received = Instant::now();
         let headers = delivery
             .properties
             .headers()
@@ -600,6 +505,7 @@ impl Consumer {
         enum Action {
             Drop(&'static str),
             WaitFor(watch::Receiver<bool>),
+            GiveBack,
             Run(CancellationToken, watch::Sender<bool>),
         }
         let action = {
@@ -610,14 +516,18 @@ impl Consumer {
                 Action::Drop("it already ran here (its first acknowledgement was lost)")
             } else if let Some(r) = st.running.get(&task_id) {
                 Action::WaitFor(r.done.clone())
+            } else if closing.admit() == Admit::GiveBack {
+                Action::GiveBack
             } else {
                 let cancel = CancellationToken::new();
                 let (tx, rx) = watch::channel(false);
+                let task = active_task(&message, &delivery);
                 st.running.insert(
                     task_id.clone(),
                     Running {
                         cancel: cancel.clone(),
                         done: rx,
+                        task,
                     },
                 );
                 Action::Run(cancel, tx)
@@ -637,13 +547,18 @@ impl Consumer {
                 }
                 ack(&delivery, Some(&task_id)).await;
             }
+            Action::GiveBack => {
+                info!(task_id = %task_id, "not taking jobs any more: giving the task back to the broker");
+                requeue(&delivery).await;
+            }
             Action::Run(cancel, done) => {
-                let deadline = message.soft_time_limit.map(|d| Instant::now() + d);
+                let deadline = message.soft_time_limit.map(|d| received + d);
                 let job = Job {
                     message,
                     cancel,
                     redelivered: delivery.redelivered,
                     deadline,
+                    received,
                 };
                 info!(task_id = %task_id, submission = job.message.run_args.id,
                       scoring = job.message.run_args.is_scoring, "starting job");
@@ -659,18 +574,15 @@ impl Consumer {
                     Disposition::Ack => ack(&delivery, Some(&task_id)).await,
                     Disposition::Requeue => {
                         info!(task_id = %task_id, "giving the task back to the broker");
-                        let _ = delivery
-                            .nack(lapin::options::BasicNackOptions {
-                                multiple: false,
-                                requeue: true,
-                            })
-                            .await;
+                        requeue(&delivery).await;
                         true
                     }
                 };
+                closing.finished();
                 {
                     let mut st = self.state.lock().unwrap();
                     st.running.remove(&task_id);
+                    st.processed += 1;
                     if !acked {
                         st.finished_unacked.insert(task_id.clone());
                     }
@@ -680,6 +592,34 @@ impl Consumer {
             }
         }
     }
+}
+
+/// How `inspect active` shows a job: its arguments without the secret.
+fn active_task(message: &TaskMessage, delivery: &lapin::message::Delivery) -> ActiveTask {
+    let mut run_args = serde_json::to_value(&message.run_args).unwrap_or(Value::Null);
+    if let Some(secret) = run_args.get_mut("secret") {
+        *secret = Value::String("<redacted>".into());
+    }
+    ActiveTask {
+        id: message.task_id.clone(),
+        args: Value::Array(vec![run_args]),
+        time_start: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        routing_key: delivery.routing_key.to_string(),
+        priority: delivery.properties.priority().unwrap_or(0),
+        redelivered: delivery.redelivered,
+    }
+}
+
+async fn requeue(delivery: &lapin::message::Delivery) {
+    let _ = delivery
+        .nack(lapin::options::BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await;
 }
 
 async fn ack(delivery: &lapin::message::Delivery, task_id: Option<&str>) -> bool {
@@ -696,124 +636,13 @@ async fn ack(delivery: &lapin::message::Delivery, task_id: Option<&str>) -> bool
     }
 }
 
-/// Declare Celery's topology for `queue` on a channel.
-pub async fn declare_topology(ch: &lapin::Channel, queue: &str) -> Result<(), lapin::Error> {
-    ch.exchange_declare(
-        queue,
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        queue_arguments(),
-    )
-    .await?;
-    ch.queue_bind(
-        queue,
-        queue,
-        queue,
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-}
-
-/// `{"x-max-priority": 10}` as py-amqp encodes it (signed 32-bit).
-pub fn queue_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-max-priority".into(), AMQPValue::LongInt(10));
-    args
-}
-
 /// Parse a pidbox message. `Ok(Some((ids, terminate)))` for a revoke
 /// addressed to everyone or to `node_name`; `Ok(None)` for anything else.
 pub fn parse_revoke(body: &[u8], node_name: &str) -> Result<Option<(Vec<String>, bool)>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    if v.get("method").and_then(Value::as_str) != Some("revoke") {
-        return Ok(None);
+    match pidbox::parse(body, node_name)? {
+        Some(r) if r.method == "revoke" => pidbox::revoke_arguments(&r.arguments).map(Some),
+        _ => Ok(None),
     }
-    if let Some(dest) = v.get("destination").and_then(Value::as_array) {
-        if !dest.is_empty() && !dest.iter().any(|d| d.as_str() == Some(node_name)) {
-            return Ok(None);
-        }
-    }
-    let args = v.get("arguments").ok_or("revoke without arguments")?;
-    let ids = match args.get("task_id") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-        _ => return Err("revoke without task_id".into()),
-    };
-    let terminate = args
-        .get("terminate")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Ok(Some((ids, terminate)))
-}
-
-/// Open an AMQP connection for `cfg` on the current tokio runtime.
-// The closure's error type is lapin's `HandshakeResult`, not ours.
-#[allow(clippy::result_large_err)]
-pub async fn connect(cfg: &ConsumerConfig) -> Result<Connection, BrokerError> {
-    let b = &cfg.broker;
-    let uri = AMQPUri {
-        scheme: AMQPScheme::AMQP,
-        authority: AMQPAuthority {
-            userinfo: AMQPUserInfo {
-                username: b.username.clone(),
-                password: b.password.clone(),
-            },
-            host: b.host.clone(),
-            port: b.port,
-        },
-        vhost: b.vhost.clone(),
-        query: AMQPQueryString {
-            heartbeat: Some(cfg.heartbeat),
-            connection_timeout: Some(30_000),
-            ..Default::default()
-        },
-    };
-    let props = ConnectionProperties::default()
-        .with_connection_name(cfg.connection_name.clone().into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio::current());
-    let broker = b.to_string();
-    let result = match b.tls {
-        TlsMode::Off => Connection::connect_uri(uri, props).await,
-        mode => {
-            let connector =
-                super::tls::connector(mode, cfg.tls_ca_file.as_deref()).map_err(|reason| {
-                    BrokerError::Tls {
-                        broker: broker.clone(),
-                        reason,
-                    }
-                })?;
-            let host = b.host.clone();
-            let connect = move |uri: &AMQPUri| {
-                use lapin::tcp::AMQPUriTcpExt;
-                uri.connect()
-                    .and_then(|stream| stream.into_rustls(&connector, &host))
-            };
-            Connection::connector(uri, Box::new(connect), props).await
-        }
-    };
-    result.map_err(
-        |source| match super::tls::verification_failure(b.tls, &source) {
-            Some(reason) => BrokerError::Tls { broker, reason },
-            None => BrokerError::Amqp { broker, source },
-        },
-    )
 }
 
 #[cfg(test)]

@@ -17,11 +17,10 @@ pub enum Kind {
     Text,
     /// A URL whose password is never printed.
     SecretUrl,
-    /// On when set to any non-empty value (`BROKER_USE_SSL`,
-    /// `CODALAB_IGNORE_CLEANUP_STEP`).
+    /// On when set to any non-empty value (`BROKER_USE_SSL`).
     AnyValue,
-    /// On when `true`, in any case (`USE_GPU`, ...).
-    True,
+    /// A boolean as [`to_bool`] reads it (`USE_GPU`, ...).
+    Bool,
     /// A path; templates allowed.
     Path,
     /// A number of gigabytes.
@@ -62,7 +61,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "USE_GPU",
-        kind: Kind::True,
+        kind: Kind::Bool,
         help: "give jobs GPUs",
         default: None,
     },
@@ -73,10 +72,40 @@ pub const VARS: &[Var] = &[
         default: None,
     },
     Var {
-        name: "CODALAB_IGNORE_CLEANUP_STEP",
-        kind: Kind::AnyValue,
+        name: "COMPUTE_WORKER_NO_CLEANUP",
+        kind: Kind::Bool,
         help: "keep job directories",
+        default: Some("False"),
+    },
+    Var {
+        name: "CODALAB_IGNORE_CLEANUP_STEP",
+        kind: Kind::Bool,
+        help: "old name of COMPUTE_WORKER_NO_CLEANUP (either keeps them)",
         default: None,
+    },
+    Var {
+        name: "HUMAN_IN_THE_LOOP",
+        kind: Kind::Bool,
+        help: "scoring waits for an operator's `compute-worker hitl approve|reject`",
+        default: Some("False"),
+    },
+    Var {
+        name: "COMPETITION_ALLOW_IMAGE_PULL",
+        kind: Kind::Bool,
+        help: "False: cached or imported images only, never pull",
+        default: Some("True"),
+    },
+    Var {
+        name: "COMPUTE_WORKER_DISABLE_LOG_UPLOAD",
+        kind: Kind::Bool,
+        help: "no live program output, no log uploads: logs stay in the job directory",
+        default: Some("False"),
+    },
+    Var {
+        name: "COMPUTE_WORKER_DISABLE_PREDICTION_UPLOAD",
+        kind: Kind::Bool,
+        help: "v1.27 tasks: no prediction upload; scoring takes it from this host (both steps must run here); keeps job directories",
+        default: Some("False"),
     },
     Var {
         name: "MAX_CACHE_DIR_SIZE_GB",
@@ -86,7 +115,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "COMPETITION_CONTAINER_NETWORK_DISABLED",
-        kind: Kind::True,
+        kind: Kind::Bool,
         help: "programs get no network",
         default: None,
     },
@@ -109,6 +138,24 @@ pub const VARS: &[Var] = &[
         default: None,
     },
     Var {
+        name: "LOG_LEVEL",
+        kind: Kind::Text,
+        help: "alias of COMPUTE_WORKER_LOG (which wins when both are set)",
+        default: None,
+    },
+    Var {
+        name: "SERIALIZED",
+        kind: Kind::Bool,
+        help: "alias of COMPUTE_WORKER_LOG_FORMAT: True is json, False human",
+        default: None,
+    },
+    Var {
+        name: "BROKER_SSL_CA_CERTS",
+        kind: Kind::Path,
+        help: "alias of COMPUTE_WORKER_BROKER_CA_FILE",
+        default: None,
+    },
+    Var {
         name: "CONTAINER_ENGINE_EXECUTABLE",
         kind: Kind::Ignored,
         help: "not needed: no container engine",
@@ -126,7 +173,10 @@ impl Kind {
     /// Check a value as Codabench would read it, for a clear error early.
     pub fn check(self, value: &str) -> Result<(), String> {
         match self {
-            Kind::Text | Kind::AnyValue | Kind::True | Kind::Ignored => Ok(()),
+            Kind::Text | Kind::AnyValue | Kind::Ignored => Ok(()),
+            // Empty is unset, as for every variable here.
+            Kind::Bool if value.is_empty() => Ok(()),
+            Kind::Bool => to_bool(value).map(drop),
             Kind::SecretUrl if value.is_empty() => Ok(()),
             Kind::SecretUrl => url::Url::parse(value)
                 .map(drop)
@@ -155,8 +205,26 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn is_true(name: &str) -> bool {
-    var(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+/// A boolean as Codabench's `Settings.to_bool` reads it: `true`, `True`,
+/// `TRUE`, `1` or `false`, `False`, `FALSE`, `0`, surrounding whitespace
+/// stripped. Unlike Codabench, any other value is an error, not a silent
+/// "truthy" string.
+pub fn to_bool(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "true" | "True" | "TRUE" | "1" => Ok(true),
+        "false" | "False" | "FALSE" | "0" => Ok(false),
+        other => Err(format!(
+            "`{other}` is not a boolean: use true/True/TRUE/1 or false/False/FALSE/0"
+        )),
+    }
+}
+
+/// Variable `name` as a boolean; `default` when unset or empty.
+pub fn bool_var(name: &str, default: bool) -> Result<bool> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => to_bool(&v).map_err(|why| anyhow::anyhow!("{name}: {why}")),
+    }
 }
 
 /// The Codabench settings `serve` runs with.
@@ -167,7 +235,12 @@ pub struct Codabench {
     pub host_directory: PathBuf,
     pub use_gpu: bool,
     pub gpu_device: Option<String>,
+    /// `COMPUTE_WORKER_NO_CLEANUP` or `CODALAB_IGNORE_CLEANUP_STEP`.
     pub keep_job_dirs: bool,
+    pub human_in_the_loop: bool,
+    pub allow_image_pull: bool,
+    pub disable_log_upload: bool,
+    pub disable_prediction_upload: bool,
     pub max_cache_bytes: u64,
     pub network_disabled: bool,
     pub http_proxy: String,
@@ -194,11 +267,16 @@ impl Codabench {
             broker_url: var("BROKER_URL"),
             broker_use_ssl: use_ssl_from_env(var("BROKER_USE_SSL").as_deref()),
             host_directory,
-            use_gpu: is_true("USE_GPU"),
+            use_gpu: bool_var("USE_GPU", false)?,
             gpu_device: var("GPU_DEVICE"),
-            keep_job_dirs: var("CODALAB_IGNORE_CLEANUP_STEP").is_some(),
+            keep_job_dirs: bool_var("COMPUTE_WORKER_NO_CLEANUP", false)?
+                || bool_var("CODALAB_IGNORE_CLEANUP_STEP", false)?,
+            human_in_the_loop: bool_var("HUMAN_IN_THE_LOOP", false)?,
+            allow_image_pull: bool_var("COMPETITION_ALLOW_IMAGE_PULL", true)?,
+            disable_log_upload: bool_var("COMPUTE_WORKER_DISABLE_LOG_UPLOAD", false)?,
+            disable_prediction_upload: bool_var("COMPUTE_WORKER_DISABLE_PREDICTION_UPLOAD", false)?,
             max_cache_bytes: max_bytes_from_gb(var("MAX_CACHE_DIR_SIZE_GB").as_deref()),
-            network_disabled: is_true("COMPETITION_CONTAINER_NETWORK_DISABLED"),
+            network_disabled: bool_var("COMPETITION_CONTAINER_NETWORK_DISABLED", false)?,
             http_proxy: var("COMPETITION_CONTAINER_HTTP_PROXY").unwrap_or_default(),
             https_proxy: var("COMPETITION_CONTAINER_HTTPS_PROXY").unwrap_or_default(),
             bundle_url_rewrite: var("WORKER_BUNDLE_URL_REWRITE")
@@ -219,8 +297,34 @@ impl Codabench {
 
 /// `$XDG_DATA_HOME/compute-worker/codabench` (beside the image cache).
 pub fn default_host_directory() -> PathBuf {
-    crate::images::default_image_dir()
+    crate::host::default_image_dir()
         .parent()
         .map(|p| p.join("codabench"))
         .unwrap_or_else(|| PathBuf::from("/tmp/codabench"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_bool;
+
+    #[test]
+    fn to_bool_reads_codabench_spellings() {
+        for t in ["true", "True", "TRUE", "1", " true ", "\t1\n"] {
+            assert_eq!(to_bool(t), Ok(true), "{t:?}");
+        }
+        for f in ["false", "False", "FALSE", "0", " False "] {
+            assert_eq!(to_bool(f), Ok(false), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn to_bool_refuses_everything_else() {
+        // Codabench reads these as a truthy string; here they are errors.
+        for bad in [
+            "", "yes", "no", "on", "off", "tRuE", "2", "t", "true1", "\"true\"",
+        ] {
+            let err = to_bool(bad).unwrap_err();
+            assert!(err.contains("not a boolean"), "{bad:?}: {err}");
+        }
+    }
 }

@@ -21,11 +21,7 @@ pub fn find(given: Option<PathBuf>) -> Result<Option<PathBuf>> {
 }
 
 fn candidates() -> Vec<PathBuf> {
-    let user_dir = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    user_dir
+    dirs::config_dir()
         .map(|d| d.join("compute-worker/config.toml"))
         .into_iter()
         .chain([PathBuf::from("/etc/compute-worker/config.toml")])
@@ -58,6 +54,15 @@ pub fn apply(
             (toml::Value::Float(f), _) => Some(f.to_string()),
             (toml::Value::Boolean(b), Kind::Codabench(kind, _)) => kind.from_toml_bool(*b),
             (toml::Value::Boolean(b), Kind::Option(_)) => Some(b.to_string()),
+            (toml::Value::Array(items), Kind::Option(arg))
+                if arg.get_value_delimiter().is_some() =>
+            {
+                let delimiter = arg.get_value_delimiter().unwrap_or(':');
+                match list_text(items, delimiter) {
+                    Ok(text) => Some(text),
+                    Err(why) => bail!("{}: bad value for `{key}`: {why}", path.display()),
+                }
+            }
             _ => bail!(
                 "{}: `{key}` must be a string, a number or a boolean",
                 path.display()
@@ -74,6 +79,24 @@ pub fn apply(
         }
     }
     Ok(())
+}
+
+/// A list setting's array as its variable holds it: the strings joined by
+/// `delimiter` (which none of them may contain).
+fn list_text(items: &[toml::Value], delimiter: char) -> Result<String, String> {
+    let mut parts = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            toml::Value::String(s) if !s.contains(delimiter) => parts.push(s.as_str()),
+            toml::Value::String(s) => {
+                return Err(format!(
+                    "{s:?} contains `{delimiter}`, which separates the items"
+                ))
+            }
+            _ => return Err("the items must be strings".into()),
+        }
+    }
+    Ok(parts.join(&delimiter.to_string()))
 }
 
 /// `; did you mean x?` for a key written as its variable, or in capitals.

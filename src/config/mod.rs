@@ -9,6 +9,7 @@
 //! layering and each option is parsed by one parser whatever its layer.
 //! Where each value came from is remembered for `compute-worker config`.
 
+mod aliases;
 pub mod codabench;
 mod file;
 mod show;
@@ -188,6 +189,8 @@ pub struct Layers {
     pub file: Option<PathBuf>,
     /// The `.env` file read, if any.
     pub dotenv: Option<PathBuf>,
+    /// An alias (`LOG_LEVEL`, ...) set its setting's variable.
+    aliased: bool,
 }
 
 impl Layers {
@@ -199,9 +202,11 @@ impl Layers {
     /// (clap reads each option's variable when the option is declared, so a
     /// command declared before [`load`] does not see it).
     pub fn set_variables(&self) -> bool {
-        self.sources
-            .values()
-            .any(|s| matches!(s, Source::File(_) | Source::DotEnv(_)))
+        self.aliased
+            || self
+                .sources
+                .values()
+                .any(|s| matches!(s, Source::File(_) | Source::DotEnv(_)))
     }
 }
 
@@ -278,6 +283,7 @@ pub fn load(cmd: &Command, early: &Early) -> Result<Layers> {
             }
         }
     }
+    layers.aliased = aliases::apply(&mut layers.sources)?;
     Ok(layers)
 }
 

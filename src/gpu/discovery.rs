@@ -118,7 +118,8 @@ impl Driver for NvmlDriver {
     }
 }
 
-fn nvml_init_error(e: NvmlError) -> NoGpus {
+/// Why NVML could not be opened, and what to do.
+pub(crate) fn nvml_init_error(e: NvmlError) -> NoGpus {
     match e {
         NvmlError::LibloadingError(e) => NoGpus::NoDriver(format!("no NVIDIA driver ({e})")),
         NvmlError::DriverNotLoaded => NoGpus::NoDriver(

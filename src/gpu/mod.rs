@@ -16,6 +16,7 @@ pub mod edits;
 pub mod ldcache;
 pub mod report;
 pub mod select;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 

@@ -7,42 +7,43 @@
 //! destination, symlinks pointing outside it, and zip bombs (a cap on the
 //! bytes actually written and on the number of entries).
 
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-/// Copy a directory tree: directories and regular files only (a bundle
-/// given as a folder, or a result submission copied to the output).
+/// Copy the tree `from` over `to`: directories merged, a file replacing
+/// whatever non-directory entry `to` holds under its name (a link there is
+/// replaced, never followed). Links in `from` are left out, and a file
+/// whose name is a directory in `to` is skipped with a warning.
 pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
         let t = e.file_type()?;
+        let existing = std::fs::symlink_metadata(&dst).ok().map(|m| m.file_type());
         if t.is_dir() {
+            if existing.is_some_and(|d| !d.is_dir()) {
+                std::fs::remove_file(&dst)?;
+            }
             copy_dir(&src, &dst)?;
         } else if t.is_file() {
+            match existing {
+                Some(d) if d.is_dir() => {
+                    tracing::warn!(path = %dst.display(), "a directory is in the way of a file; skipped");
+                    continue;
+                }
+                Some(_) => std::fs::remove_file(&dst)?,
+                None => {}
+            }
             std::fs::copy(&src, &dst)?;
         }
     }
     Ok(())
 }
 
-/// Limits for [`extract_zip`].
-#[derive(Debug, Clone, Copy)]
-pub struct UnzipLimits {
-    /// Total bytes written for all entries.
-    pub max_bytes: u64,
-    pub max_entries: usize,
-}
-
-impl Default for UnzipLimits {
-    fn default() -> Self {
-        UnzipLimits {
-            max_bytes: 50 << 30,
-            max_entries: 1_000_000,
-        }
-    }
-}
+pub use super::bounds::UnzipLimits;
 
 /// Why a bundle could not be extracted.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +55,9 @@ pub enum UnzipError {
     PathEscape(String),
     #[error("zip symlink `{0}` points outside the bundle directory")]
     SymlinkEscape(String),
-    #[error("bundle expands to more than {0} bytes; refusing it (zip bomb?)")]
+    #[error("bundle expands to more than {0} bytes, the limit COMPUTE_WORKER_BUNDLE_MAX; refusing it (a zip bomb?)")]
     TooLarge(u64),
-    #[error("bundle has more than {0} entries; refusing it")]
+    #[error("bundle has more than {0} entries, the limit COMPUTE_WORKER_BUNDLE_MAX_ENTRIES; refusing it")]
     TooManyEntries(usize),
     #[error("extracting {path}: {source}")]
     Io {
@@ -91,8 +92,52 @@ fn normalize_inside(rel: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Where the link at `link` (relative to the bundle) leads once every link
+/// of the bundle (`links`: path -> target) on the way is followed; `None`
+/// if it climbs out, is absolute, or loops (as the kernel, 40 links).
+fn resolve_inside(link: &Path, links: &HashMap<PathBuf, String>) -> Option<PathBuf> {
+    let mut at = link.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut queue = link_components(links.get(link)?)?;
+    let mut followed = 0;
+    while let Some(c) = queue.pop_front() {
+        if c == ".." {
+            if !at.pop() {
+                return None;
+            }
+            continue;
+        }
+        at.push(&c);
+        if let Some(target) = links.get(&at) {
+            followed += 1;
+            if followed > 40 {
+                return None;
+            }
+            at.pop();
+            let mut expanded = link_components(target)?;
+            expanded.extend(queue.drain(..));
+            queue = expanded;
+        }
+    }
+    Some(at)
+}
+
+/// The names and `..`s of a link's target; `None` if it is absolute.
+fn link_components(target: &str) -> Option<VecDeque<OsString>> {
+    let mut out = VecDeque::new();
+    for c in Path::new(target).components() {
+        match c {
+            Component::Normal(n) => out.push_back(n.to_os_string()),
+            Component::ParentDir => out.push_back("..".into()),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
 /// Extract `zip_path` into `dest` (created if needed). Symlinks are made
-/// last, after every file is written, and only if they stay inside.
+/// last, after every file is written, and only if they stay inside once
+/// every other link of the bundle is followed.
 pub fn extract_zip(zip_path: &Path, dest: &Path, limits: UnzipLimits) -> Result<(), UnzipError> {
     let file = std::fs::File::open(zip_path).map_err(io(zip_path))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| UnzipError::BadZip(e.to_string()))?;
@@ -120,12 +165,7 @@ pub fn extract_zip(zip_path: &Path, dest: &Path, limits: UnzipLimits) -> Result<
             entry
                 .read_to_string(&mut target)
                 .map_err(|e| UnzipError::BadZip(e.to_string()))?;
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            if Path::new(&target).is_absolute() || normalize_inside(&parent.join(&target)).is_none()
-            {
-                return Err(UnzipError::SymlinkEscape(name));
-            }
-            links.push((out, target));
+            links.push((rel, name, target));
             continue;
         }
         if entry.is_dir() {
@@ -157,7 +197,18 @@ pub fn extract_zip(zip_path: &Path, dest: &Path, limits: UnzipLimits) -> Result<
             std::fs::set_permissions(&out, perm).map_err(io(&out))?;
         }
     }
-    for (link, target) in links {
+    let table: HashMap<PathBuf, String> = links
+        .iter()
+        .map(|(rel, _, target)| (rel.clone(), target.clone()))
+        .collect();
+    for (rel, name, target) in &links {
+        // A second link of the same name would be checked as the first.
+        if table.get(rel) != Some(target) || resolve_inside(rel, &table).is_none() {
+            return Err(UnzipError::SymlinkEscape(name.clone()));
+        }
+    }
+    for (rel, _, target) in links {
+        let link = dest.join(rel);
         if let Some(parent) = link.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
@@ -184,21 +235,25 @@ pub fn zip_dir_contents(dir: &Path, out_zip: &Path) -> std::io::Result<()> {
             if path == out_zip {
                 continue;
             }
-            let rel = path
-                .strip_prefix(dir)
-                .map_err(std::io::Error::other)?
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel_path = path.strip_prefix(dir).map_err(std::io::Error::other)?;
+            let rel = rel_path.to_string_lossy().replace('\\', "/");
             let ft = e.file_type()?;
             if ft.is_dir() {
                 zw.add_directory(format!("{rel}/"), opts)
                     .map_err(std::io::Error::other)?;
                 stack.push(path);
             } else if ft.is_file() {
+                // Opened beneath `dir` without following links: a file
+                // swapped for a link since the listing is refused.
+                let mut f = super::beneath::open_read(dir, rel_path)
+                    .map_err(std::io::Error::other)?
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("{rel} vanished while zipping"))
+                    })?;
                 zw.start_file(rel, opts).map_err(std::io::Error::other)?;
-                std::io::copy(&mut std::fs::File::open(&path)?, &mut zw)?;
+                std::io::copy(&mut f, &mut zw)?;
             }
-            // Symlinks and special files written by programs are skipped:
+            // Symlinks and special files written by programs are left out:
             // following them could leak files from outside the output.
         }
     }
@@ -303,6 +358,34 @@ mod tests {
     }
 
     #[test]
+    fn link_chains_are_followed_before_judging() {
+        let t = tempfile::tempdir().unwrap();
+        let z = t.path().join("b.zip");
+        let refused = |links: &[(&str, &str)]| {
+            make_zip(&z, |w| {
+                w.add_directory("d/", opts()).unwrap();
+                for (l, target) in links {
+                    w.add_symlink(*l, *target, opts()).unwrap();
+                }
+            });
+            let out = t.path().join(format!("o{}", links.len()));
+            let _ = std::fs::remove_dir_all(&out);
+            match extract_zip(&z, &out, UnzipLimits::default()) {
+                Err(UnzipError::SymlinkEscape(name)) => Some(name),
+                Ok(()) => None,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(refused(&[("s", "."), ("x", "s/s/../..")]), Some("x".into()));
+        assert_eq!(
+            refused(&[("d/up", ".."), ("y", "d/up/d/up/..")]),
+            Some("y".into())
+        );
+        assert_eq!(refused(&[("a", "b"), ("b", "a")]), Some("a".into()));
+        assert_eq!(refused(&[("d/l", "../d"), ("m", "d/l/l/..")]), None);
+    }
+
+    #[test]
     fn zips_the_contents_not_the_folder() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("output");
@@ -317,6 +400,12 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, vec!["scores.json", "sub/", "sub/p.txt"]);
+        // Links a program leaves are left out, never their targets' content.
+        std::fs::write(t.path().join("secret"), "pw").unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), dir.join("s")).unwrap();
+        zip_dir_contents(&dir, &z).unwrap();
+        let a = zip::ZipArchive::new(std::fs::File::open(&z).unwrap()).unwrap();
+        assert_eq!(a.len(), 3);
         let back = t.path().join("back");
         extract_zip(&z, &back, UnzipLimits::default()).unwrap();
         assert_eq!(

@@ -25,15 +25,16 @@
 //! caught by the CRC check when extracting; the caller then
 //! [`invalidate`](BundleCache::invalidate)s the entry and fetches again.
 
-use std::fs::{File, OpenOptions};
+use super::step::FetchError;
+use std::fs::File;
 use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rootfs_cache::lock::FileLock;
 use serde::{Deserialize, Serialize};
 
 /// `MAX_CACHE_DIR_SIZE_GB`'s default, as in the Python worker.
@@ -75,7 +76,7 @@ pub struct Sidecar {
 pub enum CacheError {
     /// The download itself failed (its message, unchanged).
     #[error("{0}")]
-    Download(String),
+    Download(FetchError),
     /// The cache directory could not be used.
     #[error("bundle cache: {what}: {source}")]
     Io {
@@ -99,7 +100,7 @@ pub struct Lease {
     md5: String,
     size: u64,
     hit: bool,
-    _lock: File,
+    _lock: FileLock,
 }
 
 impl Lease {
@@ -157,10 +158,11 @@ impl BundleCache {
     /// write the whole zip there and return its hex MD5. Concurrent calls
     /// for the same URL (from this process or another) download once: the
     /// others wait on the entry's lock and then find it cached.
-    pub async fn get_or_fetch<F, Fut>(&self, url: &str, download: F) -> Result<Lease, CacheError>
+    pub async fn get_or_fetch<F, Fut, E>(&self, url: &str, download: F) -> Result<Lease, CacheError>
     where
         F: FnOnce(PathBuf) -> Fut,
-        Fut: Future<Output = Result<String, String>>,
+        Fut: Future<Output = Result<String, E>>,
+        E: Into<FetchError>,
     {
         let key = cache_key(url);
         let base = url.split('?').next().unwrap_or(url).to_string();
@@ -170,7 +172,7 @@ impl BundleCache {
         for _ in 0..5 {
             let (dir, k) = (self.dir.clone(), key.clone());
             let (lock, found) = blocking(move || {
-                let lock = lock_key(&dir, &k, libc::LOCK_EX)?;
+                let lock = FileLock::exclusive_current(&lock_path(&dir, &k))?;
                 let found = check_entry(&dir, &k);
                 Ok::<_, io::Error>((lock, found))
             })
@@ -201,7 +203,7 @@ impl BundleCache {
                         Ok(m) => m,
                         Err(e) => {
                             let _ = std::fs::remove_file(&tmp);
-                            return Err(CacheError::Download(e));
+                            return Err(CacheError::Download(e.into()));
                         }
                     };
                     let (dir, k, b) = (self.dir.clone(), key.clone(), base.clone());
@@ -216,8 +218,8 @@ impl BundleCache {
             // in between.
             let (dir, k) = (self.dir.clone(), key.clone());
             let held = blocking(move || {
-                flock(&lock, libc::LOCK_SH)?;
-                if !same_file(&lock, &dir.join(format!("{k}.lock")))? {
+                lock.to_shared()?;
+                if !lock.is_current()? {
                     return Ok(None);
                 }
                 match check_entry(&dir, &k) {
@@ -262,8 +264,8 @@ impl BundleCache {
         let dir = self.dir.clone();
         let _ = blocking(move || {
             // Upgrade: wait for other readers (they would fail as well).
-            flock(&_lock, libc::LOCK_EX)?;
-            if same_file(&_lock, &dir.join(format!("{key}.lock")))? {
+            _lock.to_exclusive()?;
+            if _lock.is_current()? {
                 tracing::warn!(key = %key, "discarding a damaged bundle cache entry");
                 remove_entry(&dir, &key);
             }
@@ -292,6 +294,19 @@ impl BundleCache {
     /// incomplete entries. Returns how many entries were removed.
     pub fn evict(&self) -> io::Result<usize> {
         evict(&self.dir, self.max_bytes)
+    }
+
+    /// Remove entry `key` unless a job holds it (never waits). Returns the
+    /// bytes its zip held, `None` when it is in use.
+    pub fn remove_unused(&self, key: &str) -> io::Result<Option<u64>> {
+        let Some(_lock) = FileLock::try_exclusive_current(&lock_path(&self.dir, key))? else {
+            return Ok(None);
+        };
+        let bytes = std::fs::metadata(self.dir.join(format!("{key}.zip")))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        remove_entry(&self.dir, key);
+        Ok(Some(bytes))
     }
 
     /// Total bytes of the cached zips.
@@ -326,47 +341,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// flock(2), retried on EINTR.
-fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock only acts on the given open fd.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Whether the open `f` is still the file at `path`.
-fn same_file(f: &File, path: &Path) -> io::Result<bool> {
-    let open = f.metadata()?;
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(m.ino() == open.ino() && m.dev() == open.dev()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Lock `<key>.lock` with `op` (which may include `LOCK_NB`). Eviction
-/// removes lock files while holding them, so after locking we check the
-/// path still names the file we locked, and start over if not.
-fn lock_key(dir: &Path, key: &str, op: libc::c_int) -> io::Result<File> {
-    let path = dir.join(format!("{key}.lock"));
-    loop {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        flock(&f, op)?;
-        if same_file(&f, &path)? {
-            return Ok(f);
-        }
-    }
+/// `<key>.lock`. Eviction removes lock files while holding them, so they
+/// are locked with [`FileLock::exclusive_current`] (or its `try_`), which
+/// starts over when the path no longer names the file it locked.
+fn lock_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.lock"))
 }
 
 fn read_sidecar(dir: &Path, key: &str) -> Option<Sidecar> {
@@ -520,7 +499,7 @@ fn evict(dir: &Path, max_bytes: u64) -> io::Result<usize> {
         if f.tmps.is_empty() && !incomplete && !lone_lock {
             continue;
         }
-        let Ok(_lock) = lock_key(dir, &f.key, libc::LOCK_EX | libc::LOCK_NB) else {
+        let Ok(Some(_lock)) = FileLock::try_exclusive_current(&lock_path(dir, &f.key)) else {
             continue;
         };
         for t in f.tmps.drain(..) {
@@ -548,7 +527,7 @@ fn evict(dir: &Path, max_bytes: u64) -> io::Result<usize> {
             break;
         }
         // Never wait: an entry locked is being fetched or extracted.
-        let Ok(_lock) = lock_key(dir, &f.key, libc::LOCK_EX | libc::LOCK_NB) else {
+        let Ok(Some(_lock)) = FileLock::try_exclusive_current(&lock_path(dir, &f.key)) else {
             continue;
         };
         let bytes = std::fs::metadata(dir.join(format!("{}.zip", f.key)))
@@ -568,315 +547,4 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The cached URLs, least recently used first.
-    fn urls_in(cache: &BundleCache) -> Vec<String> {
-        cache
-            .entries()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.1.url)
-            .collect()
-    }
-    use std::io::Read;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
-
-    fn zip_bytes(name: &str, content: &[u8]) -> Vec<u8> {
-        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
-        w.start_file(name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        w.write_all(content).unwrap();
-        w.finish().unwrap().into_inner()
-    }
-
-    fn md5_hex(b: &[u8]) -> String {
-        use md5::{Digest, Md5};
-        hex::encode(Md5::digest(b))
-    }
-
-    /// A fake site: serves `body` and counts downloads.
-    #[derive(Clone)]
-    struct Origin {
-        body: Vec<u8>,
-        count: Arc<AtomicUsize>,
-    }
-
-    impl Origin {
-        fn new(body: Vec<u8>) -> Origin {
-            Origin {
-                body,
-                count: Arc::default(),
-            }
-        }
-        fn count(&self) -> usize {
-            self.count.load(Ordering::SeqCst)
-        }
-        async fn fetch(&self, cache: &BundleCache, url: &str) -> Lease {
-            let me = self.clone();
-            cache
-                .get_or_fetch(url, move |tmp| async move {
-                    me.count.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    std::fs::write(&tmp, &me.body).map_err(|e| e.to_string())?;
-                    Ok(md5_hex(&me.body))
-                })
-                .await
-                .unwrap()
-        }
-    }
-
-    fn read(p: &Path) -> Vec<u8> {
-        let mut v = Vec::new();
-        File::open(p).unwrap().read_to_end(&mut v).unwrap();
-        v
-    }
-
-    fn set_last_used(cache: &BundleCache, url: &str, ms: u64) {
-        let key = cache_key(url);
-        let mut s = read_sidecar(cache.dir(), &key).unwrap();
-        s.last_used_ms = ms;
-        write_sidecar(cache.dir(), &key, &s).unwrap();
-    }
-
-    #[test]
-    fn key_ignores_the_query_string() {
-        let a = cache_key("https://s3/bucket/data.zip?X-Amz-Signature=1&X-Amz-Date=2");
-        assert_eq!(a, cache_key("https://s3/bucket/data.zip?X-Amz-Signature=3"));
-        assert_eq!(a, cache_key("https://s3/bucket/data.zip"));
-        assert_eq!(a, hex::encode(sha256(b"https://s3/bucket/data.zip")));
-        assert_ne!(
-            a,
-            cache_key("https://s3/bucket/other.zip?X-Amz-Signature=1")
-        );
-    }
-
-    #[test]
-    fn bound_from_the_environment_value() {
-        assert_eq!(max_bytes_from_gb(None), 10_000_000_000);
-        assert_eq!(max_bytes_from_gb(Some("")), 10_000_000_000);
-        assert_eq!(max_bytes_from_gb(Some("junk")), 10_000_000_000);
-        assert_eq!(max_bytes_from_gb(Some("-1")), 10_000_000_000);
-        assert_eq!(max_bytes_from_gb(Some(" 2.5 ")), 2_500_000_000);
-        assert_eq!(max_bytes_from_gb(Some("0")), 0);
-    }
-
-    #[tokio::test]
-    async fn miss_then_hit() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = BundleCache::new(tmp.path().join("cache"), 1 << 30).unwrap();
-        let body = zip_bytes("a.txt", b"hello");
-        let origin = Origin::new(body.clone());
-
-        let first = origin.fetch(&cache, "http://site/a.zip?sig=1").await;
-        assert!(!first.hit());
-        assert_eq!(first.md5(), md5_hex(&body));
-        assert_eq!(first.size(), body.len() as u64);
-        assert_eq!(read(first.path()), body);
-        drop(first);
-
-        let second = origin.fetch(&cache, "http://site/a.zip?sig=2").await;
-        assert!(second.hit());
-        assert_eq!(second.md5(), md5_hex(&body));
-        assert_eq!(read(second.path()), body);
-        assert_eq!(origin.count(), 1);
-
-        let entries = cache.entries().unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].1.url, "http://site/a.zip");
-        // Nothing but the entry's own files is left in the directory.
-        let mut names: Vec<String> = std::fs::read_dir(cache.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        let key = cache_key("http://site/a.zip");
-        assert_eq!(
-            names,
-            [
-                format!("{key}.json"),
-                format!("{key}.lock"),
-                format!("{key}.zip")
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn corrupt_or_half_written_entries_are_downloaded_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = BundleCache::new(tmp.path(), 1 << 30).unwrap();
-        let body = zip_bytes("a.txt", b"hello hello hello");
-        let origin = Origin::new(body.clone());
-        let url = "http://site/a.zip?sig=1";
-        let key = cache_key(url);
-        let zip = cache.dir().join(format!("{key}.zip"));
-        drop(origin.fetch(&cache, url).await);
-
-        // Same size, garbage content: the central directory does not read.
-        std::fs::write(&zip, vec![0u8; body.len()]).unwrap();
-        let l = origin.fetch(&cache, url).await;
-        assert!(!l.hit());
-        assert_eq!(read(l.path()), body);
-        drop(l);
-        assert_eq!(origin.count(), 2);
-
-        // Truncated: the size does not match the sidecar.
-        std::fs::write(&zip, &body[..body.len() - 5]).unwrap();
-        assert!(!origin.fetch(&cache, url).await.hit());
-        assert_eq!(origin.count(), 3);
-
-        // A crash between renaming the zip and writing the sidecar.
-        std::fs::remove_file(cache.dir().join(format!("{key}.json"))).unwrap();
-        assert!(!origin.fetch(&cache, url).await.hit());
-        assert_eq!(origin.count(), 4);
-
-        // A garbage sidecar.
-        std::fs::write(cache.dir().join(format!("{key}.json")), b"{not json").unwrap();
-        assert!(!origin.fetch(&cache, url).await.hit());
-        assert_eq!(origin.count(), 5);
-
-        // Intact again.
-        assert!(origin.fetch(&cache, url).await.hit());
-        assert_eq!(origin.count(), 5);
-    }
-
-    #[tokio::test]
-    async fn invalidate_forces_a_new_download() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = BundleCache::new(tmp.path(), 1 << 30).unwrap();
-        let origin = Origin::new(zip_bytes("a.txt", b"x"));
-        let url = "http://site/a.zip";
-        drop(origin.fetch(&cache, url).await);
-        let l = origin.fetch(&cache, url).await;
-        assert!(l.hit());
-        cache.invalidate(l).await;
-        assert!(cache.entries().unwrap().is_empty());
-        assert!(!origin.fetch(&cache, url).await.hit());
-        assert_eq!(origin.count(), 2);
-    }
-
-    #[tokio::test]
-    async fn failed_download_leaves_nothing_behind() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = BundleCache::new(tmp.path(), 1 << 30).unwrap();
-        let err = cache
-            .get_or_fetch("http://site/a.zip?s=1", |tmp| async move {
-                std::fs::write(&tmp, b"partial").unwrap();
-                Err::<String, _>("HTTP 404".to_string())
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, CacheError::Download(ref m) if m == "HTTP 404"));
-        assert_eq!(cache.total_bytes().unwrap(), 0);
-        cache.evict().unwrap();
-        assert_eq!(std::fs::read_dir(cache.dir()).unwrap().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn stale_temporary_files_are_removed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = BundleCache::new(tmp.path(), 1 << 30).unwrap();
-        let key = cache_key("http://site/a.zip");
-        let stale = cache.dir().join(format!("{key}.tmp-1-1"));
-        std::fs::write(&stale, b"half a download").unwrap();
-        // Held by someone (a download in progress): kept.
-        let held = lock_key(cache.dir(), &key, libc::LOCK_EX).unwrap();
-        cache.evict().unwrap();
-        assert!(stale.exists());
-        drop(held);
-        cache.evict().unwrap();
-        assert!(!stale.exists());
-    }
-
-    #[tokio::test]
-    async fn concurrent_fetches_download_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = Arc::new(BundleCache::new(tmp.path(), 1 << 30).unwrap());
-        let body = zip_bytes("a.txt", b"shared");
-        let origin = Origin::new(body.clone());
-        let mut tasks = Vec::new();
-        for i in 0..4 {
-            let (cache, origin) = (cache.clone(), origin.clone());
-            tasks.push(tokio::spawn(async move {
-                let l = origin
-                    .fetch(&cache, &format!("http://site/a.zip?sig={i}"))
-                    .await;
-                (l.hit(), read(l.path()))
-            }));
-        }
-        let mut hits = 0;
-        for t in tasks {
-            let (hit, bytes) = t.await.unwrap();
-            hits += hit as usize;
-            assert_eq!(bytes, body);
-        }
-        assert_eq!(origin.count(), 1);
-        assert_eq!(hits, 3);
-    }
-
-    #[tokio::test]
-    async fn eviction_removes_least_recently_used_first() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bodies: Vec<Vec<u8>> = (0..4)
-            .map(|i| zip_bytes("f", format!("entry {i}").as_bytes()))
-            .collect();
-        let size = bodies[0].len() as u64;
-        assert!(bodies.iter().all(|b| b.len() as u64 == size));
-        // Room for three entries.
-        let cache = BundleCache::new(tmp.path(), 3 * size).unwrap();
-        let urls: Vec<String> = (0..4).map(|i| format!("http://site/{i}.zip")).collect();
-        let origins: Vec<Origin> = bodies.iter().cloned().map(Origin::new).collect();
-        for i in 0..3 {
-            drop(origins[i].fetch(&cache, &urls[i]).await);
-        }
-        // Use order, oldest first: 1, 2, 0.
-        set_last_used(&cache, &urls[1], 1_000);
-        set_last_used(&cache, &urls[2], 2_000);
-        set_last_used(&cache, &urls[0], 3_000);
-
-        drop(origins[3].fetch(&cache, &urls[3]).await);
-        let left: Vec<String> = urls_in(&cache);
-        assert_eq!(left, [urls[2].clone(), urls[0].clone(), urls[3].clone()]);
-        assert_eq!(cache.total_bytes().unwrap(), 3 * size);
-
-        // A hit refreshes the entry: 2 is now the most recent, 0 the oldest.
-        assert!(origins[2].fetch(&cache, &urls[2]).await.hit());
-        drop(origins[1].fetch(&cache, &urls[1]).await);
-        let left: Vec<String> = urls_in(&cache);
-        assert_eq!(left, [urls[3].clone(), urls[2].clone(), urls[1].clone()]);
-        assert_eq!(origins[1].count(), 2);
-    }
-
-    #[tokio::test]
-    async fn size_bound_spares_entries_in_use() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = zip_bytes("a", &[b'a'; 1000]);
-        let b = zip_bytes("b", &[b'b'; 1000]);
-        // Room for one of them only.
-        let cache = BundleCache::new(tmp.path(), a.len() as u64 + 10).unwrap();
-        let (oa, ob) = (Origin::new(a.clone()), Origin::new(b.clone()));
-
-        let held = oa.fetch(&cache, "http://site/a.zip").await;
-        set_last_used(&cache, "http://site/a.zip", 1);
-        // `a` is older but being extracted: it stays, over the bound.
-        let lb = ob.fetch(&cache, "http://site/b.zip").await;
-        assert_eq!(read(held.path()), a);
-        assert_eq!(cache.entries().unwrap().len(), 2);
-        drop(lb);
-        drop(held);
-        // Once free, the next eviction brings the cache within the bound,
-        // dropping the least recently used one.
-        assert_eq!(cache.evict().unwrap(), 1);
-        assert!(cache.total_bytes().unwrap() <= cache.max_bytes());
-        let left: Vec<String> = urls_in(&cache);
-        assert_eq!(left, ["http://site/b.zip"]);
-
-        // A bound of zero keeps nothing that is not in use.
-        let none = BundleCache::new(tmp.path(), 0).unwrap();
-        none.evict().unwrap();
-        assert_eq!(none.total_bytes().unwrap(), 0);
-        assert_eq!(std::fs::read_dir(none.dir()).unwrap().count(), 0);
-    }
-}
+mod tests;

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use super::beneath::{BeneathError, Cap};
+
 /// Which program a command belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramKind {
@@ -25,12 +27,12 @@ pub enum Metadata {
     Command(String),
 }
 
-/// Read `dir/metadata.yaml`, else `dir/metadata`, and take its `command`.
-pub fn read_metadata(dir: &Path) -> std::io::Result<Metadata> {
+/// Read `dir/metadata.yaml`, else `dir/metadata`, and take its `command`:
+/// a regular file of at most `cap`, never through a link.
+pub fn read_metadata(dir: &Path, cap: Cap) -> Result<Metadata, BeneathError> {
     for name in ["metadata.yaml", "metadata"] {
-        let p = dir.join(name);
-        if p.is_file() {
-            let text = std::fs::read_to_string(&p)?;
+        if let Some(data) = super::beneath::read(dir, Path::new(name), cap)? {
+            let text = String::from_utf8_lossy(&data);
             let v: Result<serde_yaml::Value, _> = serde_yaml::from_str(&text);
             return Ok(match v {
                 Ok(serde_yaml::Value::Mapping(m)) => match m.get("command") {
@@ -46,9 +48,16 @@ pub fn read_metadata(dir: &Path) -> std::io::Result<Metadata> {
     Ok(Metadata::Missing)
 }
 
-/// The Python worker's messages for missing metadata in ingestion.
-pub const MISSING_METADATA: &str = "Program directory missing 'metadata.yaml/metadata'";
-pub const MISSING_COMMAND: &str = "Program directory missing 'command' in metadata";
+/// The participant's message for a program directory without metadata
+/// (`name`: "ingestion program", "scoring program").
+pub fn missing_metadata(name: &str) -> String {
+    format!("The {name} directory is missing 'metadata.yaml/metadata'")
+}
+
+/// ... and for metadata without a usable `command`.
+pub fn missing_command(name: &str) -> String {
+    format!("The {name} directory is missing 'command' in its metadata (or the metadata is not valid YAML)")
+}
 
 /// The legacy substitution table, in the Python worker's order, as
 /// (token, replacement) pairs for this program.
@@ -119,24 +128,29 @@ pub fn split_argv(command: &str) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
+    const CAP: Cap = Cap {
+        bytes: 1 << 20,
+        setting: "TEST",
+    };
+
     #[test]
     fn metadata_lookup_order_and_command() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(read_metadata(d.path()).unwrap(), Metadata::Missing);
+        assert_eq!(read_metadata(d.path(), CAP).unwrap(), Metadata::Missing);
         std::fs::write(d.path().join("metadata"), "command: python b.py\n").unwrap();
         assert_eq!(
-            read_metadata(d.path()).unwrap(),
+            read_metadata(d.path(), CAP).unwrap(),
             Metadata::Command("python b.py".into())
         );
         std::fs::write(d.path().join("metadata.yaml"), "command: python a.py\n").unwrap();
         assert_eq!(
-            read_metadata(d.path()).unwrap(),
+            read_metadata(d.path(), CAP).unwrap(),
             Metadata::Command("python a.py".into())
         );
         std::fs::write(d.path().join("metadata.yaml"), "description: x\n").unwrap();
-        assert_eq!(read_metadata(d.path()).unwrap(), Metadata::NoCommand);
+        assert_eq!(read_metadata(d.path(), CAP).unwrap(), Metadata::NoCommand);
         std::fs::write(d.path().join("metadata.yaml"), ": : [\n").unwrap();
-        assert_eq!(read_metadata(d.path()).unwrap(), Metadata::NoCommand);
+        assert_eq!(read_metadata(d.path(), CAP).unwrap(), Metadata::NoCommand);
     }
 
     #[test]

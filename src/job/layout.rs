@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::command::ProgramKind;
+use super::step::Protocol;
 
 /// Working directory of every program.
 pub const WORKDIR: &str = "/app/program";
@@ -28,10 +29,23 @@ pub struct MountPlan<'a> {
     pub ingestion_only_during_scoring: bool,
     /// Whether an `input_data` bundle was given.
     pub has_input_data: bool,
+    pub protocol: Protocol,
 }
 
-/// The mount table of the Python worker (codabench-protocol.md §3.7) for
-/// one program container.
+/// The directory of the job's root that holds `kind`'s program: for
+/// [`ProgramKind::Program`], the submission or scoring program (legacy) or
+/// the scoring program (current).
+pub fn program_dir(kind: ProgramKind, protocol: Protocol) -> &'static str {
+    match (kind, protocol) {
+        (ProgramKind::Ingestion, _) => "ingestion_program",
+        (ProgramKind::Program, Protocol::Legacy) => "program",
+        (ProgramKind::Program, Protocol::Current) => "scoring_program",
+    }
+}
+
+/// The mount table of the Python worker for one program container:
+/// codabench-protocol.md §3.7 (legacy), codabench-protocol-v127.md §5.2
+/// (current).
 pub fn mounts(kind: ProgramKind, plan: &MountPlan<'_>) -> Vec<Mount> {
     let r = plan.root;
     let rw = |source: PathBuf, destination| Mount {
@@ -40,13 +54,7 @@ pub fn mounts(kind: ProgramKind, plan: &MountPlan<'_>) -> Vec<Mount> {
         read_only: false,
     };
     let mut m = vec![
-        rw(
-            match kind {
-                ProgramKind::Program => r.join("program"),
-                ProgramKind::Ingestion => r.join("ingestion_program"),
-            },
-            "/app/program",
-        ),
+        rw(r.join(program_dir(kind, plan.protocol)), "/app/program"),
         rw(r.join("output"), "/app/output"),
     ];
     if let Some(data) = plan.data_dir {
@@ -56,20 +64,42 @@ pub fn mounts(kind: ProgramKind, plan: &MountPlan<'_>) -> Vec<Mount> {
             read_only: true,
         });
     }
-    if kind == ProgramKind::Ingestion {
-        let ingested = if plan.ingestion_only_during_scoring && plan.is_scoring {
-            r.join("input/res")
-        } else {
-            r.join("program")
-        };
-        m.push(rw(ingested, "/app/ingested_program"));
-    }
-    if plan.is_scoring {
-        m.push(rw(r.join("shared"), "/app/shared"));
-        m.push(rw(r.join("input"), "/app/input"));
-    }
-    if plan.has_input_data {
-        m.push(rw(r.join("input_data"), "/app/input_data"));
+    match plan.protocol {
+        Protocol::Legacy => {
+            if kind == ProgramKind::Ingestion {
+                let ingested = if plan.ingestion_only_during_scoring && plan.is_scoring {
+                    r.join("input/res")
+                } else {
+                    r.join("program")
+                };
+                m.push(rw(ingested, "/app/ingested_program"));
+            }
+            if plan.is_scoring {
+                m.push(rw(r.join("shared"), "/app/shared"));
+                m.push(rw(r.join("input"), "/app/input"));
+            }
+            if plan.has_input_data {
+                m.push(rw(r.join("input_data"), "/app/input_data"));
+            }
+        }
+        Protocol::Current => {
+            // The submission, in every program, never writable.
+            m.push(Mount {
+                source: r.join("submission"),
+                destination: "/app/ingested_program",
+                read_only: true,
+            });
+            match kind {
+                ProgramKind::Ingestion if plan.has_input_data => {
+                    m.push(rw(r.join("input_data"), "/app/input_data"));
+                }
+                ProgramKind::Ingestion => {}
+                ProgramKind::Program => {
+                    m.push(rw(r.join("shared"), "/app/shared"));
+                    m.push(rw(r.join("input"), "/app/input"));
+                }
+            }
+        }
     }
     m
 }
@@ -136,6 +166,7 @@ mod tests {
             is_scoring: false,
             ingestion_only_during_scoring: false,
             has_input_data: true,
+            protocol: Protocol::Legacy,
         };
         let p = mounts(ProgramKind::Program, &plan);
         assert_eq!(
@@ -171,6 +202,65 @@ mod tests {
         plan.ingestion_only_during_scoring = true;
         let si = mounts(ProgramKind::Ingestion, &plan);
         assert_eq!(si[2].source, root.join("input/res"));
+    }
+
+    #[test]
+    fn current_mount_tables() {
+        let root = Path::new("/w/job");
+        let mut plan = MountPlan {
+            root,
+            data_dir: None,
+            is_scoring: false,
+            ingestion_only_during_scoring: false,
+            has_input_data: true,
+            protocol: Protocol::Current,
+        };
+        let ingested = Mount {
+            source: root.join("submission"),
+            destination: "/app/ingested_program",
+            read_only: true,
+        };
+        let i = mounts(ProgramKind::Ingestion, &plan);
+        assert_eq!(
+            dests(&i),
+            [
+                "/app/program",
+                "/app/output",
+                "/app/ingested_program",
+                "/app/input_data"
+            ]
+        );
+        assert_eq!(i[0].source, root.join("ingestion_program"));
+        assert_eq!(i[2], ingested);
+
+        plan.is_scoring = true;
+        plan.has_input_data = false;
+        let s = mounts(ProgramKind::Program, &plan);
+        assert_eq!(
+            dests(&s),
+            [
+                "/app/program",
+                "/app/output",
+                "/app/ingested_program",
+                "/app/shared",
+                "/app/input"
+            ]
+        );
+        assert_eq!(s[0].source, root.join("scoring_program"));
+        assert_eq!(s[2], ingested);
+        // IODS: the ingestion program gets neither /app/shared nor /app/input.
+        plan.ingestion_only_during_scoring = true;
+        plan.has_input_data = true;
+        let si = mounts(ProgramKind::Ingestion, &plan);
+        assert_eq!(
+            dests(&si),
+            [
+                "/app/program",
+                "/app/output",
+                "/app/ingested_program",
+                "/app/input_data"
+            ]
+        );
     }
 
     #[test]

@@ -6,282 +6,102 @@
 //! uploaded → `Scoring` (prediction) or scores + `Finished` (scoring).
 //! Every failure ends in `Failed` with a message a participant can act on,
 //! and nothing of the sandboxes outlives the step.
+//!
+//! The phases live in their own files: [`step`](super::step) (what a step
+//! is, the reporter), [`settings`](super::settings), [`image`](super::image)
+//! (resolution and pull), [`spec`](super::spec) (each program's sandbox
+//! run), [`drive`](super::drive) (running them), [`publish`](super::publish)
+//! (logs and detailed results).
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, Metadata, ProgramKind};
-use super::layout::{self, MountPlan};
-use super::program::{self, Stream};
+use super::command::ProgramKind;
+use super::drive::{drive, Ended, Stop};
+use super::error::JobError;
+use super::image::ResolvedImage;
+use super::kept_prediction;
+use super::layout;
+use super::program;
+use super::publish::{upload_logs, DetailedResults};
+use super::resources::{self as resource_report, ResourceReport};
 use super::results::{self, ProgramOutcome};
-use crate::metrics::{Metrics, Phase};
-use crate::sandbox::{Bind, Limits, Network, Outcome, RunSpec, SandboxConfig};
+use super::spec::{kind_name, program_spec, set_mode};
+use super::timings::{ImageSource, Stage, Timings};
+use super::worker_slots::SlotLease;
+use crate::gpu::usage::Sampler;
+use crate::metrics::Phase;
+use crate::sandbox::{Outcome, RunSpec, SandboxConfig};
 use crate::site::live::LiveKind;
 use crate::site::{FailureType, Status, SubmissionUpdate, UploadKind};
 
-/// Where one bundle goes in the job's root directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    /// `program_data`: the submission (prediction) or scoring program.
-    Program,
-    IngestionProgram,
-    InputData,
-    ReferenceData,
-    /// The prediction step's output, in the scoring step.
-    PredictionResult,
-}
+pub use super::image::Images;
+pub use super::settings::{Settings, Worker};
+pub use super::step::{Ending, Protocol, Reporter, Slot, Step, StepReport, Uploads};
 
-impl Slot {
-    pub fn dir(self) -> &'static str {
-        match self {
-            Slot::Program => "program",
-            Slot::IngestionProgram => "ingestion_program",
-            Slot::InputData => "input_data",
-            Slot::ReferenceData => "input/ref",
-            Slot::PredictionResult => "input/res",
-        }
-    }
-
-    /// The `run_args` key.
-    pub fn key(self) -> &'static str {
-        match self {
-            Slot::Program => "program_data",
-            Slot::IngestionProgram => "ingestion_program",
-            Slot::InputData => "input_data",
-            Slot::ReferenceData => "reference_data",
-            Slot::PredictionResult => "prediction_result",
-        }
-    }
-}
-
-/// Upload names, as the `run_args` keys of the prediction step; the scoring
-/// step's names differ only in their prefix.
-#[derive(Debug, Clone, Default)]
-pub struct Uploads {
-    /// `prediction_result` (prediction) or `scoring_result` (scoring).
-    pub result: Option<String>,
-    pub detailed_results: Option<String>,
-    pub stdout: Option<String>,
-    pub stderr: Option<String>,
-    pub ingestion_stdout: Option<String>,
-    pub ingestion_stderr: Option<String>,
-}
-
-/// One job step, independent of where it came from.
-#[derive(Debug, Clone)]
-pub struct Step {
-    pub submission_id: u64,
-    pub user_pk: u64,
-    pub is_scoring: bool,
-    pub image: String,
-    /// Seconds; 0 means no limit.
-    pub execution_time_limit: u64,
-    pub ingestion_only_during_scoring: bool,
-    /// Bundles in download order.
-    pub bundles: Vec<(Slot, String)>,
-    pub uploads: Uploads,
-}
-
-/// The far side of a job: the Codabench site, or the local terminal.
-pub trait Reporter: Send + Sync {
-    /// A status PATCH (or failure report).
-    fn update(&self, update: SubmissionUpdate) -> impl Future<Output = Result<(), String>> + Send;
-    /// Put bundle `source` into `dest` (extracted). Returns the md5 of the
-    /// zip when there was one.
-    fn fetch(
-        &self,
-        slot: Slot,
-        source: &str,
-        dest: &Path,
-        scratch: &Path,
-    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
-    /// Upload `file` to `target` (a presigned URL, or a name locally).
-    fn upload(
-        &self,
-        target: &str,
-        file: &Path,
-        kind: UploadKind,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-    fn scores(&self, scores: &Value) -> impl Future<Output = Result<(), String>> + Send;
-    /// A live message; never blocks.
-    fn live(&self, kind: LiveKind, message: &str);
-}
-
-/// Where images come from.
-pub enum Images {
-    /// The image cache (pulling what is missing).
-    Store(rootfs_cache::Store),
-    /// A fixed root filesystem directory, whatever the step names.
-    Rootfs(PathBuf),
-}
-
-/// A resolved image, kept from eviction while `_lease` lives.
-pub struct ResolvedImage {
-    pub layers: Vec<PathBuf>,
-    pub config: rootfs_cache::ImageConfig,
-    /// Found in the image cache (`Some(true)`) or pulled; `None` for a
-    /// fixed rootfs.
-    pub cache_hit: Option<bool>,
-    _lease: Option<rootfs_cache::Lease>,
-}
-
-impl Images {
-    pub async fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
-        match self {
-            Images::Rootfs(dir) => Ok(ResolvedImage {
-                layers: vec![dir.clone()],
-                config: Default::default(),
-                cache_hit: None,
-                _lease: None,
-            }),
-            Images::Store(store) => {
-                if let Ok(image) = store.get(reference) {
-                    let lease = store.lease(&image).map_err(|e| e.to_string())?;
-                    return Ok(ResolvedImage {
-                        layers: image.layers,
-                        config: image.config,
-                        cache_hit: Some(true),
-                        _lease: Some(lease),
-                    });
-                }
-                let mut last = String::new();
-                // Three attempts, as the Python worker; registries flake.
-                for attempt in 0..3 {
-                    if attempt > 0 {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    let progress = rootfs_cache::TracingProgress::default();
-                    match store.pull_and_lease(reference, &progress).await {
-                        Ok((image, lease)) => {
-                            return Ok(ResolvedImage {
-                                layers: image.layers,
-                                config: image.config,
-                                cache_hit: Some(false),
-                                _lease: Some(lease),
-                            })
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                }
-                Err(last)
-            }
-        }
-    }
-}
-
-/// Worker-wide settings of job steps.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Job root directories are created here.
-    pub work_dir: PathBuf,
-    /// Organiser data mounted read-only at `/app/data`, when it exists.
-    pub data_dir: Option<PathBuf>,
-    /// `false` when `COMPETITION_CONTAINER_NETWORK_DISABLED` is true.
-    pub network: bool,
-    pub http_proxy: String,
-    pub https_proxy: String,
-    /// `CODALAB_IGNORE_CLEANUP_STEP`: keep job directories.
-    pub keep_job_dir: bool,
-    pub hostname: String,
-    pub limits: Limits,
-    /// Size cap of each uploaded stdout/stderr.
-    pub log_cap: usize,
-    pub detailed_results_interval: Duration,
-    /// Per-slot GPUs and cpusets (`serve` with USE_GPU or --slot-cpus).
-    pub slots: Option<Arc<super::worker_slots::SlotPlan>>,
-    /// Job endings, phase times, image cache hits, busy slots.
-    pub metrics: Metrics,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            work_dir: std::env::temp_dir().join("compute-worker-jobs"),
-            data_dir: None,
-            network: true,
-            http_proxy: String::new(),
-            https_proxy: String::new(),
-            keep_job_dir: false,
-            hostname: crate::broker::consumer::hostname(),
-            limits: Limits::default(),
-            log_cap: 50 << 20,
-            detailed_results_interval: Duration::from_secs(5),
-            slots: None,
-            metrics: Metrics::default(),
-        }
-    }
-}
-
-/// Everything steps share.
-pub struct Worker {
-    pub sandbox: Arc<SandboxConfig>,
-    pub images: Images,
-    pub settings: Settings,
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
-    /// Prediction done, `Scoring` reported.
-    Scoring,
-    /// Scoring done, scores posted, `Finished` reported.
-    Finished { scores: Value },
-    /// `Failed` reported with this message.
-    Failed(String),
-    /// Revoked or shut down: nothing more reported (the site cancels).
-    Cancelled,
-}
-
-/// What a step left behind.
-#[derive(Debug)]
-pub struct StepReport {
-    pub ending: Ending,
-    /// The job's root directory, when kept.
-    pub kept_root: Option<PathBuf>,
-    /// The output folder of the step (inside the kept root).
-    pub program_exit: Option<i32>,
-}
-
-/// A step failure: the message for `Failed`, and an optional report first.
-struct Failure {
-    message: String,
-    report: Option<(FailureType, String)>,
-}
-
-impl<T: Into<String>> From<T> for Failure {
-    fn from(message: T) -> Self {
-        Failure {
-            message: message.into(),
-            report: None,
-        }
-    }
-}
-
-enum Stop {
-    Done,
-    TimedOut,
-    Cancelled,
-}
-
-/// Run one step. Never panics on bad input; every path reports.
+/// Run one step of a task received at `received`. Never panics on bad
+/// input; every path reports.
 pub async fn run_step<R: Reporter>(
     w: &Worker,
     r: &R,
     step: &Step,
     cancel: &CancellationToken,
     soft_deadline: Option<Instant>,
+    received: Instant,
 ) -> StepReport {
     let metrics = &w.settings.metrics;
     let _busy = metrics.busy_slot();
-    let report = run_in_job_dir(w, r, step, cancel, soft_deadline).await;
-    metrics.job_ended(step.is_scoring, &report.ending);
-    report
+    // HITL: task and worker must agree, before anything else is sent.
+    if let Err(msg) = super::hitl::check_config(step, &w.settings.hitl) {
+        return refuse(w, r, step.is_scoring, msg).await;
+    }
+    let mut record = Record {
+        program_exit: None,
+        timings: Timings::since(received),
+        resources: Vec::new(),
+    };
+    let (ending, kept_root) = run_in_job_dir(w, r, step, cancel, soft_deadline, &mut record).await;
+    record.timings.finish();
+    tracing::info!("{}", record.timings);
+    for (stage, took) in record.timings.stages() {
+        metrics.stage(stage.label(), took);
+    }
+    metrics.job_ended(step.is_scoring, ending.outcome());
+    StepReport {
+        ending,
+        kept_root,
+        program_exit: record.program_exit,
+        resources: record.resources,
+        timings: record.timings,
+    }
+}
+
+/// What the phases leave for the step's report.
+struct Record {
+    program_exit: Option<i32>,
+    timings: Timings,
+    resources: Vec<ResourceReport>,
+}
+
+/// Fail a task before anything of it runs (a task this worker must not or
+/// cannot run): `Failed` with `msg` is the only thing the site hears.
+pub async fn refuse<R: Reporter>(w: &Worker, r: &R, is_scoring: bool, msg: String) -> StepReport {
+    tracing::error!("{msg}");
+    report_final(r, SubmissionUpdate::failed(&msg)).await;
+    let ending = Ending::Failed(msg);
+    w.settings.metrics.job_ended(is_scoring, ending.outcome());
+    let mut timings = Timings::since(Instant::now());
+    timings.finish();
+    StepReport {
+        ending,
+        kept_root: None,
+        program_exit: None,
+        resources: Vec::new(),
+        timings,
+    }
 }
 
 async fn run_in_job_dir<R: Reporter>(
@@ -290,23 +110,33 @@ async fn run_in_job_dir<R: Reporter>(
     step: &Step,
     cancel: &CancellationToken,
     soft_deadline: Option<Instant>,
-) -> StepReport {
-    let root = match make_root(&w.settings.work_dir, step) {
+    record: &mut Record,
+) -> (Ending, Option<PathBuf>) {
+    let keep_here = kept_prediction::applies(w.settings.keep_predictions_here, step);
+    let adapted;
+    let step = if keep_here {
+        tracing::info!(
+            "COMPUTE_WORKER_DISABLE_PREDICTION_UPLOAD: the prediction stays on this host; \
+             the scoring step must run on this worker too"
+        );
+        adapted = kept_prediction::adapt(step, &w.settings.work_dir);
+        &adapted
+    } else {
+        step
+    };
+    let root = match make_root(w, step, keep_here) {
         Ok(root) => root,
         Err(e) => {
             let msg = format!("the worker cannot create a job directory: {e}");
+            record.timings.enter(Stage::FinalStatus);
             report_final(r, SubmissionUpdate::failed(&msg)).await;
-            return StepReport {
-                ending: Ending::Failed(msg),
-                kept_root: None,
-                program_exit: None,
-            };
+            return (Ending::Failed(msg), None);
         }
     };
-    let mut program_exit = None;
-    let ending = match steps(w, r, step, cancel, soft_deadline, &root, &mut program_exit).await {
+    let ending = match steps(w, r, step, cancel, soft_deadline, &root, record).await {
         Ok(ending) => ending,
         Err(f) => {
+            record.timings.enter(Stage::FinalStatus);
             if let Some((kind, text)) = &f.report {
                 let _ = r
                     .update(SubmissionUpdate::failure_report(
@@ -323,26 +153,36 @@ async fn run_in_job_dir<R: Reporter>(
             Ending::Failed(f.message)
         }
     };
+    record.timings.enter(Stage::Cleanup);
     let kept_root = if w.settings.keep_job_dir {
-        tracing::info!(root = %root.display(), "CODALAB_IGNORE_CLEANUP_STEP: keeping the job directory");
+        tracing::info!(root = %root.display(), "COMPUTE_WORKER_NO_CLEANUP: keeping the job directory");
         Some(root)
     } else {
         remove_root(&w.sandbox, &root);
         None
     };
-    StepReport {
-        ending,
-        kept_root,
-        program_exit,
-    }
+    (ending, kept_root)
 }
 
 /// A final status must reach the site, or the submission hangs: retry it.
+/// The live lines go first: whoever sees the final status has them all.
+/// Except `Scoring` after any HTTP answer: the site queues the scoring
+/// step before it saves the status, so an error answer may come after the
+/// scoring was queued, and a retry would score the submission twice
+/// (Codabench issues #2419, #2557). Only a request that got no answer at
+/// all is sent again then.
 async fn report_final<R: Reporter>(r: &R, update: SubmissionUpdate) {
+    r.flush_live().await;
     let mut delay = Duration::from_secs(1);
+    let once_answered = update.status == Some(Status::Scoring);
     for attempt in 1..=5 {
         match r.update(update.clone()).await {
             Ok(()) => return,
+            Err(e) if once_answered && !e.transient => {
+                tracing::error!(error = %e, "the site answered the Scoring update with an error; \
+                    not sending it again (the site may have queued the scoring step already)");
+                return;
+            }
             Err(e) if attempt < 5 => {
                 tracing::warn!(attempt, error = %e, "status update failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -353,24 +193,40 @@ async fn report_final<R: Reporter>(r: &R, update: SubmissionUpdate) {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-fn make_root(work_dir: &Path, step: &Step) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(work_dir)?;
+/// The step's job directory, private to the worker. v1.27 tasks get the
+/// fixed names of Codabench's worker ([`kept_prediction::named_root`]); a
+/// directory an earlier run of the task left there (kept, or a crash) does
+/// not stop this one, unlike upstream: it gets a unique name, or, when
+/// this prediction is to be kept here, the earlier one is replaced.
+fn make_root(w: &Worker, step: &Step, keep_here: bool) -> std::io::Result<PathBuf> {
+    let work_dir = &w.settings.work_dir;
+    crate::sandbox::rundir::create_private_dir(work_dir)?;
     let stamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let root = work_dir.join(format!(
-        "uPK-{}_sID-{}__{:x}{:x}",
+    let unique = work_dir.join(format!(
+        "uPK-{}_sID-{}__{stamp:x}{:x}",
         step.user_pk,
         step.submission_id,
-        stamp,
         std::process::id()
     ));
+    let root = match step.protocol {
+        Protocol::Legacy => unique,
+        Protocol::Current => {
+            let named = kept_prediction::named_root(work_dir, step, step.is_scoring);
+            if named.exists() && keep_here && !step.is_scoring {
+                tracing::warn!(earlier = %named.display(), "replacing the kept prediction of an earlier run of this task");
+                remove_root(&w.sandbox, &named);
+            }
+            if named.exists() {
+                tracing::warn!(earlier = %named.display(), "a directory of an earlier run of this task is in the way; using {}", unique.display());
+                unique
+            } else {
+                named
+            }
+        }
+    };
     std::fs::create_dir(&root)?;
     set_mode(&root, 0o700)?;
     let mut dirs = vec!["output", "bundles", "logs"];
@@ -395,6 +251,7 @@ fn remove_root(sandbox: &SandboxConfig, root: &Path) {
     }
 }
 
+/// The step as a sequence of named phases.
 async fn steps<R: Reporter>(
     w: &Worker,
     r: &R,
@@ -402,68 +259,44 @@ async fn steps<R: Reporter>(
     cancel: &CancellationToken,
     soft_deadline: Option<Instant>,
     root: &Path,
-    program_exit: &mut Option<i32>,
-) -> Result<Ending, Failure> {
+    record: &mut Record,
+) -> Result<Ending, JobError> {
     let s = &w.settings;
-    if let Err(e) = r
-        .update(SubmissionUpdate::running_on(&s.hostname, step.is_scoring))
-        .await
-    {
-        tracing::warn!(error = %e, "could not report Running");
-    }
-    if !step.is_scoring {
-        if let Err(e) = r.update(SubmissionUpdate::status(Status::Preparing)).await {
-            tracing::warn!(error = %e, "could not report Preparing");
-        }
-    }
+    record.timings.enter(Stage::BundlesDownloaded);
+    announce(w, r, step).await;
 
     let download = s.metrics.phase_clock(Phase::Download);
-    for (slot, source) in &step.bundles {
-        let dest = root.join(slot.dir());
-        std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
-        let md5 = r.fetch(*slot, source, &dest, &root.join("bundles")).await?;
-        if let (Slot::Program, false, Some(md5)) = (slot, step.is_scoring, md5) {
-            let u = SubmissionUpdate {
-                md5: Some(md5),
-                ..Default::default()
-            };
-            if let Err(e) = r.update(u).await {
-                tracing::warn!(error = %e, "could not report the submission's md5");
-            }
-        }
-        if cancel.is_cancelled() {
-            return Ok(Ending::Cancelled);
-        }
-    }
-
+    fetch_bundles(w, r, step, root, cancel).await?;
     drop(download);
-
-    let pull = s.metrics.phase_clock(Phase::Pull);
-    let image = w.images.resolve(&step.image).await.map_err(|e| Failure {
-        message: format!(
-            "Pull for {} failed! Check the logs for more information",
-            step.image
-        ),
-        report: Some((FailureType::DockerImagePullFail, e)),
-    })?;
-    drop(pull);
-    if let Some(hit) = image.cache_hit {
-        s.metrics.image_lookup(hit);
-    }
     if cancel.is_cancelled() {
         return Ok(Ending::Cancelled);
     }
 
-    // The site's soft limit counts from receipt: past it, the site has
-    // given up on this task, so nothing more is started.
-    let now = Instant::now();
-    if soft_deadline.is_some_and(|d| d <= now) {
-        return Err(layout::soft_time_limit_message().into());
+    record.timings.enter(Stage::ImageReady);
+    let pull = s.metrics.phase_clock(Phase::Pull);
+    if !s.allow_image_pull {
+        super::image_policy::check_local(&w.images, &step.image)?;
     }
-    // The clock starts now: downloads and the pull are not the participant's time.
-    let deadline = layout::run_deadline(now, step.execution_time_limit, soft_deadline);
-    let soft_limit_first = soft_deadline.is_some() && deadline == soft_deadline;
-    let output = root.join("output");
+    let image = w
+        .images
+        .resolve(&step.image, s.pull_retry_delay, w.bundle_cache.clone())
+        .await?;
+    drop(pull);
+    announce_image_ready(r, step).await;
+    if let Some(hit) = image.cache_hit {
+        s.metrics.image_lookup(hit);
+    }
+    record.timings.image = Some(match image.cache_hit {
+        Some(true) => (ImageSource::Cached, 0),
+        Some(false) => (ImageSource::Pulled, image.fetched),
+        None => (ImageSource::Rootfs, 0),
+    });
+    if cancel.is_cancelled() {
+        return Ok(Ending::Cancelled);
+    }
+
+    record.timings.enter(Stage::SandboxUp);
+    let (deadline, soft_limit_first) = run_deadline(step, soft_deadline)?;
     // Held until the step ends: the slot's GPUs and cpuset are this job's.
     let lease = match &s.slots {
         Some(plan) => Some(
@@ -472,45 +305,30 @@ async fn steps<R: Reporter>(
         ),
         None => None,
     };
-    let mut runs = Vec::new();
-    for kind in [ProgramKind::Program, ProgramKind::Ingestion] {
-        if let Some(mut spec) = program_spec(w, step, root, kind, &image)? {
-            if let Some(lease) = &lease {
-                let name = kind_name(kind, step.is_scoring);
-                let gpus = lease
-                    .apply(&mut spec)
-                    .map_err(|e| format!("The {name} cannot get its GPUs: {e}"))?;
-                if !gpus.is_empty() {
-                    tracing::info!(slot = lease.index, gpus = %gpus.join("; "), "the {name} runs with GPUs");
-                }
-            }
-            runs.push((kind, spec));
-        }
-    }
+    let runs = program_runs(w, step, root, &image, lease.as_ref())?;
+    // HITL: detailed results wait for the operator too.
+    let hitl = super::hitl::gates(step, &s.hitl);
     let mut watcher = step
         .uploads
         .detailed_results
         .as_ref()
-        .map(|target| DetailedResults::new(target.clone(), output.clone()));
-    let mut driven = Vec::new();
-    for (kind, spec) in runs {
-        match program::start(w.sandbox.clone(), spec).await {
-            Ok(running) => driven.push((kind, running)),
-            Err(e) => {
-                for (_, d) in &driven {
-                    d.killer.kill();
-                }
-                for (_, d) in driven {
-                    let _ = d.exit.await;
-                }
-                return Err(format!(
-                    "the {} could not be started: {e}",
-                    kind_name(kind, step.is_scoring)
-                )
-                .into());
-            }
-        }
-    }
+        .filter(|_| !hitl)
+        .map(|target| DetailedResults::new(target.clone(), root, s.bounds.parsed()));
+    tracing::info!(
+        "each program's bounds: {}",
+        w.sandbox.bounds_described(&s.limits)
+    );
+    tracing::info!(
+        id_mode = w.sandbox.id_mode.name(),
+        "each program's ids: {}",
+        w.sandbox.id_mode.describe()
+    );
+    let gpu_uuids = lease.as_ref().map(SlotLease::gpu_uuids).unwrap_or_default();
+    let driven = start_programs(w, step, runs).await?;
+    // Never holds up the job: it samples on a thread of its own.
+    let gpu_sampler = (!gpu_uuids.is_empty()).then(|| Sampler::start(gpu_uuids));
+
+    record.timings.enter(Stage::ProgramDone);
     let run = s.metrics.phase_clock(Phase::Run);
     let (outcomes, stop) = drive(
         r,
@@ -523,25 +341,31 @@ async fn steps<R: Reporter>(
     )
     .await;
     drop(run);
+    let gpus = match gpu_sampler {
+        Some(sampler) => Some(sampler.finish().await),
+        None => None,
+    };
+    record.timings.enter(Stage::OutputsUploaded);
+    record.resources = resource_report::report(
+        step,
+        &outcomes,
+        s.limits.memory,
+        gpus.as_ref(),
+        root,
+        &s.metrics,
+    );
+
     // Logs, then the result zip: made and uploaded.
     let upload = s.metrics.phase_clock(Phase::Upload);
     if let Some(watcher) = &mut watcher {
         watcher.check(r, true).await;
     }
     upload_logs(r, step, root).await;
-
-    let pick = |k: ProgramKind| {
-        outcomes
-            .iter()
-            .find(|(kind, _, _)| *kind == k)
-            .map(|(_, o, elapsed)| ProgramOutcome {
-                exit_code: o.map(|o| o.exit_code()),
-                elapsed: Some(*elapsed),
-            })
-            .unwrap_or_default()
-    };
-    let (prog, ingest) = (pick(ProgramKind::Program), pick(ProgramKind::Ingestion));
-    *program_exit = prog.exit_code;
+    let (prog, ingest) = (
+        outcome_of(&outcomes, ProgramKind::Program),
+        outcome_of(&outcomes, ProgramKind::Ingestion),
+    );
+    record.program_exit = prog.exit_code;
     match stop {
         Stop::Cancelled => return Ok(Ending::Cancelled),
         // As Celery's SoftTimeLimitExceeded in Codabench's worker: only a
@@ -551,20 +375,281 @@ async fn steps<R: Reporter>(
         }
         Stop::TimedOut => {
             let msg = layout::time_limit_message(step.execution_time_limit);
-            return Err(Failure {
-                message: msg.clone(),
-                report: Some((FailureType::ExecutionTimeLimitExceeded, msg)),
-            });
+            return Err(JobError::new(msg.clone())
+                .with_report(FailureType::ExecutionTimeLimitExceeded, msg));
         }
         Stop::Done => {}
     }
-    for (kind, outcome, _) in &outcomes {
+    check_outcomes(w, step, &outcomes, &prog)?;
+    let output = root.join("output");
+    let scores = if step.is_scoring {
+        Some(results::read_scores(&output, s.bounds.parsed()).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    if let (true, Some(scores)) = (hitl, &scores) {
+        let waited =
+            super::hitl::await_decision(r, &s.hitl, step, &output, scores, cancel, soft_deadline);
+        if waited.await? == super::hitl::Waited::Cancelled {
+            return Ok(Ending::Cancelled);
+        }
+        if let Some(target) = &step.uploads.detailed_results {
+            DetailedResults::new(target.clone(), root, s.bounds.parsed())
+                .check(r, true)
+                .await;
+        }
+    }
+    let result = publish_results(r, step, root, prog, ingest).await;
+    drop(upload);
+    result?;
+    record.timings.enter(Stage::FinalStatus);
+    report_ending(r, scores).await
+}
+
+/// The step's first statuses, with this worker's hostname. Legacy sites:
+/// `Running` + hostname, then `Preparing` (prediction only). Sites from
+/// v1.27 on: `Preparing` + hostname (prediction) or `Running` + hostname
+/// (scoring); a plain `Running` follows once the image is ready
+/// ([`announce_image_ready`]).
+async fn announce<R: Reporter>(w: &Worker, r: &R, step: &Step) {
+    let mut first = SubmissionUpdate::running_on(&w.settings.hostname, step.is_scoring);
+    if step.protocol == Protocol::Current && !step.is_scoring {
+        first.status = Some(Status::Preparing);
+    }
+    let mut updates = vec![first];
+    if step.protocol == Protocol::Legacy && !step.is_scoring {
+        updates.push(SubmissionUpdate::status(Status::Preparing));
+    }
+    for u in updates {
+        if let Err(e) = r.update(u).await {
+            tracing::warn!(error = %e, "could not report the step's start");
+        }
+    }
+}
+
+/// Sites from v1.27 on hear `Running` once the image is ready.
+async fn announce_image_ready<R: Reporter>(r: &R, step: &Step) {
+    if step.protocol != Protocol::Current {
+        return;
+    }
+    if let Err(e) = r.update(SubmissionUpdate::status(Status::Running)).await {
+        tracing::warn!(error = %e, "could not report Running");
+    }
+}
+
+/// Every bundle into its slot; the submission's md5 reported.
+async fn fetch_bundles<R: Reporter>(
+    w: &Worker,
+    r: &R,
+    step: &Step,
+    root: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), JobError> {
+    // The bundle whose md5 the site stores.
+    let submission = match step.protocol {
+        Protocol::Legacy => Slot::Program,
+        Protocol::Current => Slot::Submission,
+    };
+    for (slot, source) in &step.bundles {
+        let dest = root.join(slot.dir());
+        std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+        if *slot == Slot::KeptPrediction {
+            kept_prediction::take(Path::new(source), &dest)?;
+            continue;
+        }
+        let md5 = fetch_making_room(w, r, *slot, source, &dest, root).await?;
+        if let (true, false, Some(md5)) = (*slot == submission, step.is_scoring, md5) {
+            let u = SubmissionUpdate {
+                md5: Some(md5),
+                ..Default::default()
+            };
+            if let Err(e) = r.update(u).await {
+                tracing::warn!(error = %e, "could not report the submission's md5");
+            }
+        }
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+    }
+    if step.protocol == Protocol::Current && step.is_scoring {
+        merge_submission_into_predictions(root);
+    }
+    Ok(())
+}
+
+/// Fetch one bundle into `dest`. A disk that is full (or a quota used up)
+/// gets room, every image and cached bundle no running job holds on its
+/// file system evicted (least recently used first), and the bundle is
+/// fetched once more; if it still does not fit, the step fails naming the
+/// directory and the space left.
+async fn fetch_making_room<R: Reporter>(
+    w: &Worker,
+    r: &R,
+    slot: Slot,
+    source: &str,
+    dest: &Path,
+    root: &Path,
+) -> Result<Option<String>, JobError> {
+    let scratch = root.join("bundles");
+    let e = match r.fetch(slot, source, dest, &scratch).await {
+        Ok(md5) => return Ok(md5),
+        Err(e) if e.no_space => e,
+        Err(e) => return Err(e.message.into()),
+    };
+    let store = match &w.images {
+        Images::Store(s) => Some(s.clone()),
+        Images::Rootfs(_) => None,
+    };
+    let (cache, full) = (w.bundle_cache.clone(), dest.to_path_buf());
+    // What this try left is not worth keeping.
+    let _ = std::fs::remove_dir_all(dest).and_then(|()| std::fs::create_dir_all(dest));
+    let evicted = tokio::task::spawn_blocking(move || {
+        super::room::make_room(store.as_ref(), cache.as_deref(), &full, u64::MAX)
+    })
+    .await
+    .unwrap_or_default();
+    tracing::warn!(
+        "the disk of {} is full while fetching {}: {}; trying once more ({})",
+        dest.display(),
+        slot.key(),
+        evicted.describe(),
+        e.message
+    );
+    match r.fetch(slot, source, dest, &scratch).await {
+        Ok(md5) => Ok(md5),
+        Err(e) if e.no_space => Err(format!(
+            "no space left in {} for {}: {} free after evicting every image and cached bundle \
+             no job uses: {}",
+            root.display(),
+            slot.key(),
+            crate::units::human(evicted.free),
+            e.message
+        )
+        .into()),
+        Err(e) => Err(e.message.into()),
+    }
+}
+
+/// Sites from v1.27 on: the submission is copied over the predictions in
+/// `input/res`, as Codabench's worker does ("temporary compatibility
+/// hook"), so that a result submission reaches the scoring program there.
+/// A failed copy is logged, as upstream.
+fn merge_submission_into_predictions(root: &Path) {
+    let (from, to) = (root.join(Slot::Submission.dir()), root.join("input/res"));
+    if let Err(e) = super::bundle::copy_dir(&from, &to) {
+        tracing::warn!(error = %e, "copying the submission into input/res");
+    }
+}
+
+/// When the programs must be done, and whether that is the site's soft
+/// limit (rather than the competition's execution time limit).
+fn run_deadline(
+    step: &Step,
+    soft_deadline: Option<Instant>,
+) -> Result<(Option<Instant>, bool), JobError> {
+    // The site's soft limit counts from receipt: past it, the site has
+    // given up on this task, so nothing more is started.
+    let now = Instant::now();
+    if soft_deadline.is_some_and(|d| d <= now) {
+        return Err(layout::soft_time_limit_message().into());
+    }
+    // The clock starts now: downloads and the pull are not the participant's time.
+    let deadline = layout::run_deadline(now, step.execution_time_limit, soft_deadline);
+    Ok((
+        deadline,
+        soft_deadline.is_some() && deadline == soft_deadline,
+    ))
+}
+
+/// The sandbox runs of the step's programs, with the slot's GPUs.
+fn program_runs(
+    w: &Worker,
+    step: &Step,
+    root: &Path,
+    image: &ResolvedImage,
+    lease: Option<&SlotLease>,
+) -> Result<Vec<(ProgramKind, RunSpec)>, JobError> {
+    let mut runs = Vec::new();
+    for kind in [ProgramKind::Program, ProgramKind::Ingestion] {
+        if let Some(mut spec) = program_spec(w, step, root, kind, image)? {
+            if let Some(lease) = lease {
+                let name = kind_name(kind, step.is_scoring);
+                let gpus = lease
+                    .apply(&mut spec)
+                    .map_err(|e| format!("The {name} cannot get its GPUs: {e}"))?;
+                if !gpus.is_empty() {
+                    tracing::info!(slot = lease.index, gpus = %gpus.join("; "), "the {name} runs with GPUs");
+                }
+            }
+            runs.push((kind, spec));
+        }
+    }
+    Ok(runs)
+}
+
+/// Start every run; when one cannot start, stop the others.
+async fn start_programs(
+    w: &Worker,
+    step: &Step,
+    runs: Vec<(ProgramKind, RunSpec)>,
+) -> Result<Vec<(ProgramKind, LiveKind, program::Running)>, JobError> {
+    let mut driven = Vec::new();
+    for (kind, spec) in runs {
+        match program::start(w.sandbox.clone(), spec).await {
+            Ok(running) => driven.push((kind, step.live_kind(kind), running)),
+            Err(e) => {
+                for (_, _, d) in &driven {
+                    d.killer.kill();
+                }
+                for (_, _, d) in driven {
+                    let _ = d.exit.await;
+                }
+                return Err(format!(
+                    "the {} could not be started: {e}",
+                    kind_name(kind, step.is_scoring)
+                )
+                .into());
+            }
+        }
+    }
+    Ok(driven)
+}
+
+fn outcome_of(outcomes: &[Ended], k: ProgramKind) -> ProgramOutcome {
+    outcomes
+        .iter()
+        .find(|e| e.kind == k)
+        .map(|e| ProgramOutcome {
+            exit_code: e.outcome.map(|o| o.exit_code()),
+            elapsed: Some(e.elapsed),
+        })
+        .unwrap_or_default()
+}
+
+/// Fail on a killed or lost program, or a failed scoring program.
+fn check_outcomes(
+    w: &Worker,
+    step: &Step,
+    outcomes: &[Ended],
+    prog: &ProgramOutcome,
+) -> Result<(), JobError> {
+    for Ended { kind, outcome, .. } in outcomes {
         match outcome {
             Some(Outcome::OomKilled) => {
                 return Err(format!(
                     "The {} ran out of memory (limit {} MiB) and was killed.",
                     kind_name(*kind, step.is_scoring),
-                    s.limits.memory.unwrap_or(0) >> 20
+                    w.settings.limits.memory.unwrap_or(0) >> 20
+                )
+                .into())
+            }
+            Some(Outcome::WriteLimitExceeded) => {
+                return Err(format!(
+                    "The {} wrote more than {} MiB to disk (its image layer and the job's \
+                     directories; the limit {}) and was killed.",
+                    kind_name(*kind, step.is_scoring),
+                    w.settings.limits.write_max.unwrap_or(0) >> 20,
+                    super::bounds::WRITE_MAX
                 )
                 .into())
             }
@@ -578,7 +663,6 @@ async fn steps<R: Reporter>(
             _ => {}
         }
     }
-
     if step.is_scoring && prog.exit_code.is_some_and(|c| c != 0) {
         return Err(format!(
             "The scoring program failed (exit code {}). See the scoring logs for details.",
@@ -586,11 +670,18 @@ async fn steps<R: Reporter>(
         )
         .into());
     }
-    let scores = if step.is_scoring {
-        Some(results::read_scores(&output).map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
+    Ok(())
+}
+
+/// `output/metadata` written, the output zipped and uploaded.
+async fn publish_results<R: Reporter>(
+    r: &R,
+    step: &Step,
+    root: &Path,
+    prog: ProgramOutcome,
+    ingest: ProgramOutcome,
+) -> Result<(), JobError> {
+    let output = root.join("output");
     results::write_output_metadata(&output, prog, ingest)?;
     let zip = root.join("output.zip");
     super::bundle::zip_dir_contents(&output, &zip)
@@ -600,7 +691,11 @@ async fn steps<R: Reporter>(
             .await
             .map_err(|e| format!("uploading the result: {e}"))?;
     }
-    drop(upload);
+    Ok(())
+}
+
+/// `Scoring` (prediction), or the scores and `Finished` (scoring).
+async fn report_ending<R: Reporter>(r: &R, scores: Option<Value>) -> Result<Ending, JobError> {
     match scores {
         None => {
             // After the upload: the scoring step may start as soon as the
@@ -614,295 +709,6 @@ async fn steps<R: Reporter>(
                 .map_err(|e| format!("posting the scores: {e}"))?;
             report_final(r, SubmissionUpdate::status(Status::Finished)).await;
             Ok(Ending::Finished { scores })
-        }
-    }
-}
-
-fn kind_name(kind: ProgramKind, is_scoring: bool) -> &'static str {
-    match (kind, is_scoring) {
-        (ProgramKind::Ingestion, _) => "ingestion program",
-        (ProgramKind::Program, true) => "scoring program",
-        (ProgramKind::Program, false) => "submission",
-    }
-}
-
-/// The sandbox run of `kind`, or `None` when there is nothing to run.
-fn program_spec(
-    w: &Worker,
-    step: &Step,
-    root: &Path,
-    kind: ProgramKind,
-    image: &ResolvedImage,
-) -> Result<Option<RunSpec>, Failure> {
-    let dir = root.join(match kind {
-        ProgramKind::Program => "program",
-        ProgramKind::Ingestion => "ingestion_program",
-    });
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    let name = kind_name(kind, step.is_scoring);
-    let metadata =
-        command::read_metadata(&dir).map_err(|e| format!("reading the {name}'s metadata: {e}"))?;
-    let cmd = match (metadata, kind) {
-        (Metadata::Command(c), _) => c,
-        (Metadata::Missing, ProgramKind::Program) => {
-            // A result submission: its files are the predictions.
-            super::bundle::copy_dir(&dir, &root.join("output"))
-                .map_err(|e| format!("copying the result submission: {e}"))?;
-            return Ok(None);
-        }
-        (Metadata::NoCommand, ProgramKind::Program) => {
-            tracing::warn!("{name} has metadata without a command: nothing to run");
-            return Ok(None);
-        }
-        (Metadata::Missing, ProgramKind::Ingestion) => return Err(command::MISSING_METADATA.into()),
-        (Metadata::NoCommand, ProgramKind::Ingestion) => {
-            return Err(command::MISSING_COMMAND.into())
-        }
-    };
-    let cmd = command::substitute(
-        &cmd,
-        kind,
-        step.is_scoring,
-        step.ingestion_only_during_scoring,
-    );
-    // The image's Entrypoint stays, as with docker-py (Cmd = the command).
-    let mut argv: Vec<String> = image.config.entrypoint.clone().unwrap_or_default();
-    argv.extend(command::split_argv(&cmd).map_err(|e| format!("the {name}'s command: {e}"))?);
-
-    let s = &w.settings;
-    let plan = MountPlan {
-        root,
-        data_dir: s.data_dir.as_deref().filter(|d| d.is_dir()),
-        is_scoring: step.is_scoring,
-        ingestion_only_during_scoring: step.ingestion_only_during_scoring,
-        has_input_data: root.join("input_data").is_dir(),
-    };
-    let mut run = RunSpec::new(PathBuf::new(), argv);
-    run.layers = image.layers.clone();
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    for kv in image.config.env.iter().flatten().chain(std::iter::once(
-        &crate::sandbox::types::DEFAULT_PATH.to_string(),
-    )) {
-        if let Some((k, v)) = kv.split_once('=') {
-            env.entry(k.to_string()).or_insert_with(|| v.to_string());
-        }
-    }
-    for (k, v) in layout::container_env(&s.http_proxy, &s.https_proxy) {
-        env.insert(k, v);
-    }
-    run.env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    run.cwd = layout::WORKDIR.into();
-    if let Some(u) = image.config.user.as_ref().filter(|u| !u.is_empty()) {
-        if let Ok(ids) = crate::cli::parse_user(u) {
-            (run.uid, run.gid) = ids;
-        }
-    }
-    run.binds = layout::mounts(kind, &plan)
-        .into_iter()
-        .map(|m| Bind {
-            source: m.source,
-            destination: m.destination.into(),
-            read_only: m.read_only,
-        })
-        .collect();
-    for b in &run.binds {
-        std::fs::create_dir_all(&b.source)
-            .map_err(|e| format!("creating {}: {e}", b.source.display()))?;
-        // Writable for whatever user the image runs as; the job root is
-        // private to the worker's user, so nobody else on the host gets in.
-        if !b.read_only {
-            set_mode(&b.source, 0o777).map_err(|e| format!("chmod {}: {e}", b.source.display()))?;
-        }
-    }
-    run.network = if s.network {
-        Network::Host
-    } else {
-        Network::None
-    };
-    run.limits = s.limits.clone();
-    run.hostname = format!(
-        "{}-{}",
-        if step.is_scoring {
-            "scoring"
-        } else {
-            "ingestion"
-        },
-        step.submission_id
-    );
-    Ok(Some(run))
-}
-
-/// Stream output, enforce the deadline, watch the detailed results, and
-/// collect each program's outcome and elapsed time. Logs are written under
-/// `root/logs`.
-async fn drive<R: Reporter>(
-    r: &R,
-    programs: Vec<(ProgramKind, program::Running)>,
-    deadline: Option<Instant>,
-    cancel: &CancellationToken,
-    log_cap: usize,
-    root: &Path,
-    mut watcher: Option<(&mut DetailedResults, Duration)>,
-) -> (Vec<(ProgramKind, Option<Outcome>, Duration)>, Stop) {
-    let started = Instant::now();
-    let mut killers = Vec::new();
-    let mut runs = Vec::new();
-    for (kind, p) in programs {
-        killers.push(p.killer);
-        runs.push(collect(r, kind, p.output, p.exit, log_cap, root, started));
-    }
-    let all = futures_util::future::join_all(runs);
-    tokio::pin!(all);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(sleep);
-    let every = watcher
-        .as_ref()
-        .map_or(Duration::from_secs(3600), |(_, e)| *e);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let stop = loop {
-        tokio::select! {
-            res = &mut all => return (res, Stop::Done),
-            _ = &mut sleep => break Stop::TimedOut,
-            _ = cancel.cancelled() => break Stop::Cancelled,
-            _ = tick.tick(), if watcher.is_some() => {
-                if let Some((w, _)) = watcher.as_mut() {
-                    w.check(r, false).await;
-                }
-            }
-        }
-    };
-    for k in &killers {
-        k.kill();
-    }
-    (all.await, stop)
-}
-
-/// Forward one program's output to the live log and the capped captures,
-/// then wait for its end.
-async fn collect<R: Reporter>(
-    r: &R,
-    kind: ProgramKind,
-    mut output: tokio::sync::mpsc::Receiver<(Stream, Vec<u8>)>,
-    exit: tokio::task::JoinHandle<Result<Outcome, crate::sandbox::SandboxError>>,
-    log_cap: usize,
-    root: &Path,
-    started: Instant,
-) -> (ProgramKind, Option<Outcome>, Duration) {
-    let live = match kind {
-        ProgramKind::Program => LiveKind::Program,
-        ProgramKind::Ingestion => LiveKind::Ingestion,
-    };
-    let mut out = results::LogCapture::new(log_cap);
-    let mut err = results::LogCapture::new(log_cap);
-    while let Some((stream, chunk)) = output.recv().await {
-        r.live(live, &String::from_utf8_lossy(&chunk));
-        match stream {
-            Stream::Stdout => out.push(&chunk),
-            Stream::Stderr => err.push(&chunk),
-        }
-    }
-    let outcome = match exit.await {
-        Ok(Ok(o)) => Some(o),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "sandbox failure");
-            err.push(format!("\n[compute-worker: the sandbox failed: {e}]\n").as_bytes());
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "sandbox task failure");
-            None
-        }
-    };
-    let elapsed = started.elapsed();
-    let prefix = match kind {
-        ProgramKind::Program => "",
-        ProgramKind::Ingestion => "ingestion_",
-    };
-    for (name, cap) in [("stdout", out), ("stderr", err)] {
-        let path = root.join("logs").join(format!("{prefix}{name}"));
-        if let Err(e) = std::fs::write(&path, cap.finish()) {
-            tracing::warn!(error = %e, path = %path.display(), "could not save a log");
-        }
-    }
-    (kind, outcome, elapsed)
-}
-
-/// Upload the captured logs that are not empty.
-async fn upload_logs<R: Reporter>(r: &R, step: &Step, root: &Path) {
-    let u = &step.uploads;
-    for (file, target) in [
-        ("stdout", &u.stdout),
-        ("stderr", &u.stderr),
-        ("ingestion_stdout", &u.ingestion_stdout),
-        ("ingestion_stderr", &u.ingestion_stderr),
-    ] {
-        let path = root.join("logs").join(file);
-        let non_empty = std::fs::metadata(&path)
-            .map(|m| m.len() > 0)
-            .unwrap_or(false);
-        if let (Some(target), true) = (target, non_empty) {
-            if let Err(e) = r.upload(target, &path, UploadKind::Zip).await {
-                tracing::warn!(error = %e, file, "log upload failed");
-            }
-        }
-    }
-}
-
-/// Uploads `output/detailed_results.html` (or the first `*.html`) whenever
-/// it changes while the programs run, and once more at the end.
-struct DetailedResults {
-    target: String,
-    output: PathBuf,
-    last: Option<SystemTime>,
-}
-
-fn detailed_results_file(output: &Path) -> Option<PathBuf> {
-    let main = output.join("detailed_results.html");
-    if main.is_file() {
-        return Some(main);
-    }
-    let mut html: Vec<PathBuf> = std::fs::read_dir(output)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "html") && p.is_file())
-        .collect();
-    html.sort();
-    html.into_iter().next()
-}
-
-impl DetailedResults {
-    fn new(target: String, output: PathBuf) -> Self {
-        DetailedResults {
-            target,
-            output,
-            last: None,
-        }
-    }
-
-    /// Upload the page if it changed (or, at the end, if it exists at all).
-    async fn check<R: Reporter>(&mut self, r: &R, last_time: bool) {
-        let Some(file) = detailed_results_file(&self.output) else {
-            if last_time {
-                tracing::warn!("detailed results were not written before the end of the run");
-            }
-            return;
-        };
-        let mtime = file.metadata().and_then(|m| m.modified()).ok();
-        if mtime == self.last && !last_time {
-            return;
-        }
-        self.last = mtime;
-        match r.upload(&self.target, &file, UploadKind::Html).await {
-            Ok(()) => r.live(LiveKind::DetailedResults, ""),
-            Err(e) => tracing::warn!(error = %e, "detailed results upload failed"),
         }
     }
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::bundle::{copy_dir, extract_zip, UnzipLimits};
+use super::error::JobError;
 use super::lifecycle::{Reporter, Slot};
+use super::step::FetchError;
 use crate::site::live::LiveKind;
 use crate::site::{SubmissionUpdate, UploadKind};
 
@@ -33,7 +35,7 @@ impl LocalReporter {
 }
 
 impl Reporter for LocalReporter {
-    async fn update(&self, update: SubmissionUpdate) -> Result<(), String> {
+    async fn update(&self, update: SubmissionUpdate) -> Result<(), JobError> {
         let mut parts = Vec::new();
         if let Some(s) = update.status {
             parts.push(format!("status {}", s.as_str()));
@@ -60,24 +62,23 @@ impl Reporter for LocalReporter {
         source: &str,
         dest: &Path,
         _scratch: &Path,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, FetchError> {
         let src = PathBuf::from(source);
         let what = slot.key();
         if src.is_dir() {
-            copy_dir(&src, dest).map_err(|e| format!("copying {what} from {source}: {e}"))?;
+            copy_dir(&src, dest)
+                .map_err(|e| FetchError::of(format!("copying {what} from {source}: {e}"), &e))?;
             return Ok(None);
         }
         if !src.is_file() {
-            return Err(format!(
-                "{what}: {source} is neither a directory nor a zip file"
-            ));
+            return Err(format!("{what}: {source} is neither a directory nor a zip file").into());
         }
         let limits = self.unzip;
         let d = dest.to_path_buf();
         tokio::task::spawn_blocking(move || extract_zip(&src, &d, limits))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{what} ({source}): {e}"))?;
+            .map_err(|e| FetchError::of(format!("{what} ({source}): {e}"), &e))?;
         Ok(None)
     }
 
@@ -95,7 +96,10 @@ impl Reporter for LocalReporter {
 
     fn live(&self, kind: LiveKind, message: &str) {
         match kind {
-            LiveKind::Program | LiveKind::Ingestion => {
+            LiveKind::Program
+            | LiveKind::Ingestion
+            | LiveKind::IngestionProgram
+            | LiveKind::ScoringProgram => {
                 for line in message.lines() {
                     eprintln!("[{} {}] {line}", self.step, kind.query());
                 }

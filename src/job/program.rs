@@ -9,7 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::sandbox::{Killer, Outcome, Output, RunSpec, Sandbox, SandboxConfig, SandboxError};
+use crate::sandbox::{
+    Killer, Outcome, Output, RunSpec, Sandbox, SandboxConfig, SandboxError, Usage,
+};
 
 /// Which stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +28,8 @@ pub struct Running {
     pub killer: Killer,
     /// Output chunks (lines where possible), until both streams close.
     pub output: mpsc::Receiver<(Stream, Vec<u8>)>,
-    /// How the sandbox ended.
-    pub exit: JoinHandle<Result<Outcome, SandboxError>>,
+    /// How the sandbox ended, and what the run used.
+    pub exit: JoinHandle<Result<(Outcome, Usage), SandboxError>>,
 }
 
 /// Start `run` in a sandbox. Blocking work (spawning the helper) happens on
@@ -54,7 +56,7 @@ pub async fn start(cfg: Arc<SandboxConfig>, run: RunSpec) -> Result<Running, San
     .collect();
     drop(tx);
     let exit = tokio::task::spawn_blocking(move || {
-        let outcome = sandbox.wait(&cfg);
+        let outcome = sandbox.wait_with_usage(&cfg);
         for r in readers {
             let _ = r.join();
         }

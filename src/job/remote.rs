@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::bundle::{extract_zip, UnzipError, UnzipLimits};
 use super::bundle_cache::{BundleCache, CacheError};
-use super::lifecycle::{Reporter, Slot, Step, Uploads};
-use crate::broker::celery::RunArgs;
+use super::error::JobError;
+use super::lifecycle::{Reporter, Slot};
+use super::step::FetchError;
 use crate::site::live::{live_url, LiveConfig, LiveKind, LiveLog};
 use crate::site::{SiteClient, SubmissionUpdate, UploadKind};
 
@@ -49,7 +50,7 @@ impl SiteReporter {
         cache: &BundleCache,
         source: &str,
         dest: &Path,
-    ) -> Option<Result<Option<String>, String>> {
+    ) -> Option<Result<Option<String>, FetchError>> {
         for _ in 0..2 {
             let client = &self.client;
             let lease = cache
@@ -58,7 +59,7 @@ impl SiteReporter {
                         .download_bundle(source, &tmp)
                         .await
                         .map(|d| d.md5)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| FetchError::of(e.to_string(), &e))
                 })
                 .await;
             let lease = match lease {
@@ -78,13 +79,13 @@ impl SiteReporter {
                     if let Err(e) =
                         std::fs::remove_dir_all(dest).and_then(|_| std::fs::create_dir_all(dest))
                     {
-                        return Some(Err(format!("emptying {}: {e}", dest.display())));
+                        return Some(Err(format!("emptying {}: {e}", dest.display()).into()));
                     }
                 }
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => return Some(Err(FetchError::of(e.to_string(), &e))),
             }
         }
-        Some(Err("Bad or empty zip file".to_string()))
+        Some(Err("Bad or empty zip file".to_string().into()))
     }
 
     /// Flush and close the live channels.
@@ -101,8 +102,14 @@ impl SiteReporter {
 }
 
 impl Reporter for SiteReporter {
-    async fn update(&self, update: SubmissionUpdate) -> Result<(), String> {
-        self.client.update(&update).await.map_err(|e| e.to_string())
+    async fn update(&self, update: SubmissionUpdate) -> Result<(), JobError> {
+        self.client.update(&update).await.map_err(|e| {
+            if e.got_no_answer() {
+                JobError::transient(e.to_string())
+            } else {
+                JobError::new(e.to_string())
+            }
+        })
     }
 
     async fn fetch(
@@ -111,7 +118,7 @@ impl Reporter for SiteReporter {
         source: &str,
         dest: &Path,
         scratch: &Path,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, FetchError> {
         if let (Some(cache), Slot::InputData | Slot::ReferenceData) = (&self.cache, slot) {
             if let Some(done) = self.fetch_cached(cache, source, dest).await {
                 return done;
@@ -122,8 +129,10 @@ impl Reporter for SiteReporter {
             .client
             .download_bundle(source, &zip)
             .await
-            .map_err(|e| e.to_string())?;
-        self.extract(&zip, dest).await.map_err(|e| e.to_string())?;
+            .map_err(|e| FetchError::of(e.to_string(), &e))?;
+        self.extract(&zip, dest)
+            .await
+            .map_err(|e| FetchError::of(e.to_string(), &e))?;
         let _ = std::fs::remove_file(&zip);
         Ok(Some(got.md5))
     }
@@ -159,62 +168,8 @@ impl Reporter for SiteReporter {
         });
         log.send(message);
     }
-}
 
-/// The step a Celery task describes.
-pub fn step_from(args: &RunArgs) -> Step {
-    let mut bundles = Vec::new();
-    let mut add = |slot, url: &Option<String>| {
-        if let Some(u) = url.as_ref().filter(|u| !u.is_empty()) {
-            bundles.push((slot, u.clone()));
-        }
-    };
-    add(Slot::Program, &args.program_data);
-    add(Slot::IngestionProgram, &args.ingestion_program);
-    add(Slot::InputData, &args.input_data);
-    if args.is_scoring {
-        add(Slot::ReferenceData, &args.reference_data);
-        add(
-            Slot::PredictionResult,
-            &Some(args.prediction_result.clone()),
-        );
-    }
-    let (result, logs) = if args.is_scoring {
-        (
-            args.scoring_result.clone(),
-            [
-                &args.scoring_stdout,
-                &args.scoring_stderr,
-                &args.scoring_ingestion_stdout,
-                &args.scoring_ingestion_stderr,
-            ],
-        )
-    } else {
-        (
-            Some(args.prediction_result.clone()),
-            [
-                &args.prediction_stdout,
-                &args.prediction_stderr,
-                &args.prediction_ingestion_stdout,
-                &args.prediction_ingestion_stderr,
-            ],
-        )
-    };
-    Step {
-        submission_id: args.id,
-        user_pk: args.user_pk,
-        is_scoring: args.is_scoring,
-        image: args.docker_image.clone(),
-        execution_time_limit: args.execution_time_limit,
-        ingestion_only_during_scoring: args.ingestion_only_during_scoring,
-        bundles,
-        uploads: Uploads {
-            result,
-            detailed_results: args.detailed_results_url.clone(),
-            stdout: logs[0].clone(),
-            stderr: logs[1].clone(),
-            ingestion_stdout: logs[2].clone(),
-            ingestion_stderr: logs[3].clone(),
-        },
+    async fn flush_live(&self) {
+        self.finish().await;
     }
 }

@@ -1,7 +1,9 @@
 //! Results: scores files, the `output/metadata` file, and log capping.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::beneath::{self, BeneathError, Cap};
 
 use serde_json::Value;
 
@@ -15,24 +17,77 @@ pub enum ScoresError {
     #[error("Could not decode scores.txt as YAML: {0}")]
     BadYaml(String),
     #[error("reading scores: {0}")]
-    Io(#[from] std::io::Error),
+    Refused(#[from] BeneathError),
 }
 
-/// Read `output/scores.json`, else YAML `output/scores.txt`.
-pub fn read_scores(output_dir: &Path) -> Result<Value, ScoresError> {
-    let json = output_dir.join("scores.json");
-    if json.is_file() {
-        let text = std::fs::read_to_string(json)?;
+/// Read `output/scores.json`, else YAML `output/scores.txt`: regular files
+/// of at most `cap`, never through a link.
+pub fn read_scores(output_dir: &Path, cap: Cap) -> Result<Value, ScoresError> {
+    if let Some(data) = beneath::read(output_dir, Path::new("scores.json"), cap)? {
+        let text = String::from_utf8_lossy(&data);
         return serde_json::from_str(&text).map_err(|e| ScoresError::BadJson(e.to_string()));
     }
-    let txt = output_dir.join("scores.txt");
-    if txt.is_file() {
-        let text = std::fs::read_to_string(txt)?;
+    if let Some(data) = beneath::read(output_dir, Path::new("scores.txt"), cap)? {
+        let text = String::from_utf8_lossy(&data);
         let y: serde_yaml::Value =
             serde_yaml::from_str(&text).map_err(|e| ScoresError::BadYaml(e.to_string()))?;
         return serde_json::to_value(y).map_err(|e| ScoresError::BadYaml(e.to_string()));
     }
     Err(ScoresError::Missing)
+}
+
+/// The detailed results page as read now: `data` is `None` when its
+/// modification time is still `unless_modified`.
+#[derive(Debug)]
+pub struct DetailedPage {
+    pub modified: Option<SystemTime>,
+    pub data: Option<Vec<u8>>,
+}
+
+/// The name, in the output, of the detailed results page:
+/// `detailed_results.html`, else the first `*.html` regular file (by name).
+pub fn detailed_results_name(output: &Path) -> Option<PathBuf> {
+    let main = Path::new("detailed_results.html");
+    if output.join(main).symlink_metadata().is_ok() {
+        return Some(main.to_path_buf());
+    }
+    let mut html: Vec<PathBuf> = std::fs::read_dir(output)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| PathBuf::from(e.file_name()))
+        .filter(|p| p.extension().is_some_and(|e| e == "html"))
+        .collect();
+    html.sort();
+    html.into_iter().next()
+}
+
+/// The detailed results page ([`detailed_results_name`]), read without
+/// following links and at most `cap` long.
+pub fn read_detailed_results(
+    output: &Path,
+    cap: Cap,
+    unless_modified: Option<SystemTime>,
+) -> Result<Option<DetailedPage>, BeneathError> {
+    let Some(name) = detailed_results_name(output) else {
+        return Ok(None);
+    };
+    let Some(file) = beneath::open_read(output, &name)? else {
+        return Ok(None);
+    };
+    let modified = file.metadata().and_then(|m| m.modified()).ok();
+    if unless_modified.is_some() && modified == unless_modified {
+        return Ok(Some(DetailedPage {
+            modified,
+            data: None,
+        }));
+    }
+    drop(file);
+    let data = beneath::read(output, &name, cap)?;
+    Ok(data.map(|d| DetailedPage {
+        modified,
+        data: Some(d),
+    }))
 }
 
 /// Exit code and elapsed time of one program, if it ran.
@@ -62,19 +117,26 @@ pub fn output_metadata(program: ProgramOutcome, ingestion: ProgramOutcome) -> St
     )
 }
 
-/// Write `output/metadata`; refuses to overwrite one a program wrote
-/// (the Python worker's error).
+/// Write `output/metadata`; refuses to overwrite anything a program left
+/// there, a dangling link too (the Python worker's error).
 pub fn write_output_metadata(
     output_dir: &Path,
     program: ProgramOutcome,
     ingestion: ProgramOutcome,
 ) -> Result<(), String> {
-    let p = output_dir.join("metadata");
-    if p.exists() {
-        return Err("Error, the output directory already contains a metadata file. This file is used to store exitCode and other data, do not write to this file manually.".into());
-    }
-    std::fs::write(&p, output_metadata(program, ingestion))
-        .map_err(|e| format!("writing {}: {e}", p.display()))
+    use std::io::Write;
+    let name = Path::new("metadata");
+    let mut f = match beneath::create_new(output_dir, name) {
+        Ok(f) => f,
+        Err(BeneathError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            return Err("Error, the output directory already contains a metadata file. This file is used to store exitCode and other data, do not write to this file manually.".into());
+        }
+        Err(e) => return Err(format!("writing the output metadata: {e}")),
+    };
+    f.write_all(output_metadata(program, ingestion).as_bytes())
+        .map_err(|e| format!("writing {}: {e}", output_dir.join(name).display()))
 }
 
 /// Cap a captured stream for upload: keep the first and last `max / 2`
@@ -165,26 +227,34 @@ mod tests {
 
     use super::*;
 
+    const CAP: Cap = Cap {
+        bytes: 1 << 20,
+        setting: "TEST",
+    };
+
     #[test]
     fn scores_json_then_yaml_txt() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(read_scores(d.path()), Err(ScoresError::Missing)));
+        assert!(matches!(
+            read_scores(d.path(), CAP),
+            Err(ScoresError::Missing)
+        ));
         std::fs::write(
             d.path().join("scores.txt"),
             "accuracy: 0.93\nduration: 12\n",
         )
         .unwrap();
         assert_eq!(
-            read_scores(d.path()).unwrap(),
+            read_scores(d.path(), CAP).unwrap(),
             serde_json::json!({"accuracy": 0.93, "duration": 12})
         );
         std::fs::write(d.path().join("scores.json"), "{\"auc\": 0.5}").unwrap();
         assert_eq!(
-            read_scores(d.path()).unwrap(),
+            read_scores(d.path(), CAP).unwrap(),
             serde_json::json!({"auc": 0.5})
         );
         std::fs::write(d.path().join("scores.json"), "{auc").unwrap();
-        let e = read_scores(d.path()).unwrap_err().to_string();
+        let e = read_scores(d.path(), CAP).unwrap_err().to_string();
         assert!(
             e.starts_with("Could not decode scores json properly"),
             "{e}"

@@ -146,6 +146,17 @@ impl SlotLease {
         &self.plan.slots[self.index]
     }
 
+    /// The UUIDs of this slot's GPUs (none when it has none, or the
+    /// driver's inventory cannot name them).
+    pub fn gpu_uuids(&self) -> Vec<String> {
+        let (Some(requests), Some(host)) = (&self.resources().gpus, &self.plan.host) else {
+            return Vec::new();
+        };
+        host.select(requests)
+            .map(|gpus| gpus.into_iter().map(|g| g.uuid).collect())
+            .unwrap_or_default()
+    }
+
     /// Give `run` this slot's cpuset and GPUs. Returns how the GPUs are
     /// named in logs; a GPU that is gone is an error (the job fails; it
     /// never runs on CPU instead).

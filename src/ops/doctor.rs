@@ -11,104 +11,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
-use clap::Args;
-use serde::Serialize;
-
 use crate::broker::{BrokerUrl, ConsumerConfig};
-use crate::cli::{ImageArgs, SandboxArgs};
 use crate::config::codabench::Codabench;
-use crate::images::human;
 use crate::sandbox::cgroup::Lookup;
 use crate::sandbox::{self, cgroup, idmap, SandboxConfig};
+use crate::units::human;
 
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    #[command(flatten)]
-    pub sandbox: SandboxArgs,
-    #[command(flatten)]
-    pub images: ImageArgs,
-    /// An image jobs will use: check that its registry answers (default:
-    /// the first search registry, docker.io unless registries.conf says).
-    #[arg(long)]
-    pub image: Option<String>,
-    /// Verify the broker's TLS certificate (as `serve --verify-broker-tls`).
-    #[arg(long, env = "COMPUTE_WORKER_VERIFY_BROKER_TLS")]
-    pub verify_broker_tls: bool,
-    /// The broker's private CA (as `serve --broker-ca-file`).
-    #[arg(long, env = "COMPUTE_WORKER_BROKER_CA_FILE")]
-    pub broker_ca_file: Option<std::path::PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub gpu_root: crate::cli::GpuRootArg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-    Skip,
-}
-
-impl Status {
-    fn label(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
-            Status::Skip => "skip",
-        }
-    }
-}
-
-/// One row of the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub status: Status,
-    pub detail: String,
-    /// What to do; `None` for ok and skip rows.
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
-            name,
-            status: Status::Ok,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-    fn skip(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
-            name,
-            status: Status::Skip,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            name,
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            name,
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-}
+pub use super::check::{exit_code, table, Check, Status};
 
 /// Who runs the worker and where it keeps things.
 struct Host {
@@ -118,6 +27,7 @@ struct Host {
     state_dir: PathBuf,
     image_dir: PathBuf,
     cgroup_parent: Option<PathBuf>,
+    id_mode: crate::sandbox::IdModeSetting,
 }
 
 impl Host {
@@ -126,47 +36,51 @@ impl Host {
     }
 }
 
-pub fn run(args: DoctorArgs) -> Result<i32> {
-    let checks = checks(&args);
-    if args.json {
-        let ok = !checks.iter().any(|c| c.status == Status::Fail);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "checks": checks }))?
-        );
-    } else {
-        print!("{}", table(&checks));
-    }
-    Ok(exit_code(&checks))
-}
-
-/// 1 when the worker cannot run (a failure), 0 with only warnings.
-pub fn exit_code(checks: &[Check]) -> i32 {
-    i32::from(checks.iter().any(|c| c.status == Status::Fail))
+/// What the checks look at (`None`: the worker's defaults).
+#[derive(Debug, Clone, Default)]
+pub struct DoctorInput {
+    pub state_dir: Option<PathBuf>,
+    pub image_dir: Option<PathBuf>,
+    pub cgroup_parent: Option<PathBuf>,
+    /// An image jobs will use: its registry must answer.
+    pub image: Option<String>,
+    pub verify_broker_tls: bool,
+    pub broker_ca_file: Option<PathBuf>,
+    /// Where the GPU driver's files are (`/` but in tests).
+    pub gpu_root: PathBuf,
+    /// `COMPUTE_WORKER_NETWORK`: the network programs get.
+    pub network: crate::sandbox::Network,
+    /// `COMPUTE_WORKER_ID_MODE`.
+    pub id_mode: crate::sandbox::IdModeSetting,
 }
 
 /// All checks, in the order an operator fixes them.
-pub fn checks(args: &DoctorArgs) -> Vec<Check> {
+pub fn checks(args: &DoctorInput) -> Vec<Check> {
     let uid = nix::unistd::getuid().as_raw();
     let host = Host {
         user: idmap::user_name(uid).unwrap_or_else(|| uid.to_string()),
         uid,
         root: nix::unistd::geteuid().is_root(),
         state_dir: args
-            .sandbox
             .state_dir
             .clone()
             .unwrap_or_else(sandbox::default_state_dir),
         image_dir: args
-            .images
             .image_dir
             .clone()
-            .unwrap_or_else(crate::images::default_image_dir),
-        cgroup_parent: args.sandbox.cgroup_parent.clone(),
+            .unwrap_or_else(crate::host::default_image_dir),
+        cgroup_parent: args.cgroup_parent.clone(),
+        id_mode: args.id_mode,
     };
     let mut out = vec![user(&host), user_namespaces(&host)];
-    out.extend(subordinate_ids(&host));
-    out.extend(["newuidmap", "newgidmap"].map(|t| map_tool(&host, t)));
+    let mode = super::doctor_id_mode::mode(host.id_mode);
+    out.push(super::doctor_id_mode::row(host.id_mode, mode, &host.user));
+    if mode == Some(crate::sandbox::IdMode::Single) {
+        out.extend(super::doctor_id_mode::not_needed());
+    } else {
+        out.extend(subordinate_ids(&host));
+        out.extend(["newuidmap", "newgidmap"].map(|t| map_tool(&host, t)));
+    }
     out.push(disk(
         "state dir",
         &host.state_dir,
@@ -187,8 +101,33 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
             "HOST_DIRECTORY",
             &host,
         ));
+        out.extend(super::doctor_codabench::rows(c));
     }
+    let mut private = vec![
+        (
+            "image dir",
+            "COMPUTE_WORKER_IMAGE_DIR",
+            host.image_dir.as_path(),
+        ),
+        (
+            "state dir",
+            "COMPUTE_WORKER_STATE_DIR",
+            host.state_dir.as_path(),
+        ),
+    ];
+    if let Ok(c) = &codabench {
+        private.push((
+            "host directory",
+            "HOST_DIRECTORY",
+            c.host_directory.as_path(),
+        ));
+    }
+    out.push(super::doctor_store::row(&private, host.uid, &host.user));
     out.push(overlay(&host, &out));
+    out.push(super::network::check(
+        args.network,
+        codabench.as_ref().is_ok_and(|c| c.network_disabled),
+    ));
     out.extend(cgroups(&host));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -205,34 +144,8 @@ pub fn checks(args: &DoctorArgs) -> Vec<Check> {
     }));
     out.push(rt.block_on(registry(args.image.as_deref())));
     let use_gpu = codabench.as_ref().is_ok_and(|c| c.use_gpu);
-    out.extend(gpu_rows(&args.gpu_root.gpu_root, use_gpu));
+    out.extend(gpu_rows(&args.gpu_root, use_gpu));
     out
-}
-
-/// The human table: name, status, detail, and the fix under each row
-/// that has one.
-pub fn table(checks: &[Check]) -> String {
-    let w = checks
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let mut s = format!("{:w$}  {:6}  {}\n", "check", "status", "detail");
-    for c in checks {
-        s += &format!("{:w$}  {:6}  {}\n", c.name, c.status.label(), c.detail);
-        if let Some(fix) = &c.fix {
-            s += &format!("{:w$}  {:6}  fix: {fix}\n", "", "");
-        }
-    }
-    let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let warns = checks.iter().filter(|c| c.status == Status::Warn).count();
-    s += &match (fails, warns) {
-        (0, 0) => "\nall checks passed: this host can run the worker\n".to_string(),
-        (0, w) => format!("\n{w} warning(s): the worker can run; see the fixes above\n"),
-        (f, _) => format!("\n{f} failure(s): the worker cannot run here until they are fixed\n"),
-    };
-    s
 }
 
 fn user(h: &Host) -> Check {
@@ -320,10 +233,7 @@ fn subordinate_ids(h: &Host) -> Vec<Check> {
 
 /// The first `tool` on PATH.
 fn find_on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    which::which(tool).ok()
 }
 
 /// Whether `path` carries file capabilities (`security.capability`).
@@ -450,14 +360,14 @@ fn overlay(h: &Host, earlier: &[Check]) -> Check {
         "the kernel ({kernel}) must be Linux >= 5.11 with overlayfs (`modprobe overlay`), and {} must be on a local filesystem (ext4, xfs with d_type, btrfs, tmpfs), not NFS or another overlay",
         h.state_dir.display()
     );
-    if let Err(e) = fs::create_dir_all(&h.state_dir) {
+    if let Err(e) = sandbox::rundir::create_private_dir(&h.state_dir) {
         return Check::fail(
             NAME,
             format!("cannot create {}: {e}", h.state_dir.display()),
             h.setup_host_fix(),
         );
     }
-    let cfg = match SandboxConfig::for_current_user(h.state_dir.clone(), None) {
+    let cfg = match SandboxConfig::for_current_user(h.state_dir.clone(), None, h.id_mode) {
         Ok(c) => c,
         Err(e) => return Check::fail(NAME, e.to_string(), h.setup_host_fix()),
     };
@@ -518,6 +428,7 @@ fn cgroups(h: &Host) -> Vec<Check> {
                 memory: Some(1),
                 pids: Some(1),
                 cpus: Some("0".into()),
+                write_max: None,
             };
             let would_be = sandbox::Delegation {
                 version: c.version,
@@ -667,7 +578,7 @@ async fn broker(
     let mut cfg = ConsumerConfig::new(url.clone());
     cfg.connection_name = format!("compute-worker-doctor:{}", std::process::id());
     cfg.tls_ca_file = ca_file;
-    let connect = crate::broker::consumer::connect(&cfg);
+    let connect = crate::broker::connect::connect(&cfg);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok(conn)) => {
             let _ = conn.close(200, "doctor done").await;

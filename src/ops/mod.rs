@@ -2,7 +2,12 @@
 //! ready, as root, once) and `install-service` (run `serve` as a systemd
 //! user service).
 
+pub mod check;
 pub mod doctor;
+pub mod doctor_codabench;
+pub mod doctor_id_mode;
+pub mod doctor_store;
+mod network;
 pub mod service;
 pub mod setup_host;
 

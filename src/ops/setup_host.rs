@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 
 use crate::sandbox::cgroup;
 
@@ -25,24 +24,6 @@ const DELEGATE_TEXT: &str =
     "# Written by `compute-worker setup-host`: let user managers (and the\n\
 # worker's user service) create cgroups with these controllers.\n\
 [Service]\nDelegate=cpu cpuset io memory pids\n";
-
-#[derive(Debug, Args)]
-pub struct SetupHostArgs {
-    /// The user the worker will run as (must exist).
-    #[arg(long)]
-    pub user: String,
-    /// The cgroup subtree to delegate to the user, as a path inside the
-    /// cgroup hierarchy.
-    #[arg(long, default_value = "/compute-worker")]
-    pub cgroup_parent: PathBuf,
-    /// Print the commands and edits instead of doing them.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Apply everything under this directory instead of `/` (etc files,
-    /// systemd drop-ins, /sys/fs/cgroup, the user's home): for tests.
-    #[arg(long, hide = true, default_value = "/")]
-    pub root: PathBuf,
-}
 
 /// One change to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,75 +116,12 @@ impl User {
     }
 }
 
-pub fn run(args: SetupHostArgs) -> Result<i32> {
-    if !args.dry_run && !nix::unistd::geteuid().is_root() {
-        bail!(
-            "setup-host must run as root (it edits /etc/subuid, /etc/subgid and cgroups): \
-             `sudo compute-worker setup-host --user {}`, or add --dry-run to see what it would do",
-            args.user
-        );
-    }
-    let user = User::lookup(&args.user)?;
-    let steps = plan(&args, &user)?;
-    let mut changed = 0;
-    for step in &steps {
-        println!("== {}: {}", step.name, step.note);
-        for action in &step.actions {
-            if args.dry_run {
-                println!("   would {action}");
-            } else {
-                apply(action).with_context(|| format!("{}: {action}", step.name))?;
-                println!("   did {action}");
-            }
-            changed += 1;
-        }
-    }
-    println!();
-    match (changed, args.dry_run) {
-        (0, _) => println!(
-            "nothing to change: the host is already set up for {}",
-            user.name
-        ),
-        (n, true) => println!("dry run: {n} change(s) not made"),
-        (n, false) => println!("{n} change(s) made"),
-    }
-    println!("\nPut these in the worker's environment (or its .env file):");
-    if is_v2(&args.root.join("sys/fs/cgroup")) {
-        // A subtree chowned to the user is not enough on v2: moving a
-        // process into it needs write access at the common ancestor, so
-        // the worker uses the cgroup systemd delegates to its service.
-        println!(
-            "# cgroup v2: leave COMPUTE_WORKER_CGROUP_PARENT unset. The worker's user service \
-             (`compute-worker install-service`, Delegate=yes) gets a cgroup of its own, with the \
-             controllers of user@{uid}.service, and puts the limits there; for a one-off run: \
-             `systemd-run --user --scope -p Delegate=yes compute-worker ...`. The drop-in \
-             (cpuset for --cpus) applies once user@{uid}.service restarts: `systemctl restart \
-             user@{uid}.service` (it stops {name}'s services), or a reboot",
-            uid = user.uid,
-            name = user.name
-        );
-    } else {
-        println!(
-            "COMPUTE_WORKER_CGROUP_PARENT={}",
-            args.cgroup_parent.display()
-        );
-    }
-    let (state, images) = cache_dirs(&user);
-    println!("COMPUTE_WORKER_STATE_DIR={}", state.display());
-    println!("COMPUTE_WORKER_IMAGE_DIR={}", images.display());
-    println!(
-        "\nThen, as {}: `compute-worker doctor` and `compute-worker install-service`",
-        user.name
-    );
-    Ok(0)
-}
-
 /// Every step, with the changes still needed.
-pub fn plan(args: &SetupHostArgs, user: &User) -> Result<Vec<Step>> {
-    let root = &args.root;
+/// `root`: where the host's `/` is (another directory in tests).
+pub fn plan(root: &Path, cgroup_parent: &Path, user: &User) -> Result<Vec<Step>> {
     let real_root = root == Path::new("/");
     let mut steps = vec![subordinate_ids(root, user, real_root)?];
-    steps.extend(cgroups(root, &args.cgroup_parent, user, real_root)?);
+    steps.extend(cgroups(root, cgroup_parent, user, real_root)?);
     steps.push(linger(root, user, real_root));
     steps.push(cache(root, user));
     Ok(steps)
@@ -211,7 +129,7 @@ pub fn plan(args: &SetupHostArgs, user: &User) -> Result<Vec<Step>> {
 
 /// The user's default state and image directories (as `serve` computes
 /// them for that user with no XDG variables set).
-fn cache_dirs(user: &User) -> (PathBuf, PathBuf) {
+pub fn cache_dirs(user: &User) -> (PathBuf, PathBuf) {
     (
         user.home.join(".local/state/compute-worker"),
         user.home.join(".local/share/compute-worker/images"),
@@ -320,7 +238,7 @@ fn subordinate_ids(root: &Path, user: &User, real_root: bool) -> Result<Step> {
     })
 }
 
-fn is_v2(cgroup_root: &Path) -> bool {
+pub fn is_v2(cgroup_root: &Path) -> bool {
     cgroup_root.join("cgroup.controllers").is_file()
 }
 

@@ -463,7 +463,7 @@ impl Delegation {
         self.parent.join(id)
     }
 
-    fn controller_dir(&self, controller: &str, path: &Path) -> PathBuf {
+    pub(super) fn controller_dir(&self, controller: &str, path: &Path) -> PathBuf {
         let rel = path.strip_prefix("/").unwrap_or(path);
         match self.version {
             Version::V2 => Path::new(ROOT).join(rel),
@@ -472,7 +472,8 @@ impl Delegation {
     }
 
     /// Refuse limits whose controller the run cgroups would not have: a
-    /// run must never go on silently unlimited.
+    /// run must never go on silently unlimited. (Not the pids limit:
+    /// without the `pids` controller, `RLIMIT_NPROC` bounds it.)
     pub fn check_limits(&self, limits: &Limits) -> Result<(), MissingController> {
         let wanted = [
             (
@@ -480,7 +481,6 @@ impl Delegation {
                 "memory",
                 "the memory limit (--memory)",
             ),
-            (limits.pids.is_some(), "pids", "the pids limit (--pids)"),
             (limits.cpus.is_some(), "cpuset", "the cpuset (--cpus)"),
         ];
         let Some((_, controller, what)) = wanted
@@ -558,6 +558,11 @@ impl Delegation {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
+    }
+
+    /// True when run cgroups get the `pids` controller.
+    pub fn has_pids(&self) -> bool {
+        self.controllers.iter().any(|c| c == "pids")
     }
 
     /// How many times the OOM killer acted in the cgroup at `path`.

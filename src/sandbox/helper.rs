@@ -10,18 +10,18 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{Gid, Uid};
 
+use super::clone::{clone_with, CloneResult};
 use super::keeper::{self, Keeper};
-use super::process::{clone_with, CloneResult};
+use super::private_mounts::make_mounts_private;
 use super::rundir::remove_tree;
 use super::wire::{self, fds, Command, Event, Task};
 
@@ -126,18 +126,31 @@ fn launch_task(task: Task, mut control: UnixStream, joined: bool) -> Result<()> 
     let origin = Origin::Launcher {
         held_userns: joined,
     };
+    // The sandbox process speaks on the control socket only once the
+    // launcher has sent `Cloned`: in a held user namespace it has no maps
+    // to wait for, and a fast task's answer would otherwise come first.
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // SAFETY: the launcher is a fresh exec of the binary, or a clone of a
     // single-threaded caller, that has started no thread, and the child
     // never returns from `run_task`'s exit.
     match unsafe { clone_with(flags) }.context("clone")? {
-        CloneResult::Child => exit_with(run_task(task, control, origin)),
+        CloneResult::Child => {
+            drop(go_w);
+            // The launcher closes its end once `Cloned` is sent (or dies).
+            let _ = nix::unistd::read(go_r.as_raw_fd(), &mut [0u8]);
+            drop(go_r);
+            exit_with(run_task(task, control, origin))
+        }
         CloneResult::Parent(child) => {
-            wire::send(
+            drop(go_r);
+            let sent = wire::send(
                 &mut control,
                 &Event::Cloned {
                     pid: child.as_raw(),
                 },
-            )?;
+            );
+            drop(go_w);
+            sent?;
             // The conversation is the sandbox process's now; when it dies,
             // the caller must see the socket's end.
             drop(control);
@@ -209,8 +222,14 @@ fn run_task(task: Task, mut control: UnixStream, origin: Origin) -> Result<()> {
             // for an Unpack task, and nothing else in this process owns it.
             let input = unsafe { File::from_raw_fd(fds::INPUT) };
             let result = rootfs_cache::unpack_layer_from(input, &media_type, &dest, &opts)
-                .map_err(|e| e.to_string());
+                .map_err(|e| wire::UnpackFailure::from(&e));
             wire::send(&mut control, &Event::Unpacked { result })?;
+            Ok(())
+        }
+        Task::TreeDigest { dir } => {
+            let result = rootfs_cache::tree_digest(&dir)
+                .map_err(|e| format!("hashing the tree {}: {e}", dir.display()));
+            wire::send(&mut control, &Event::TreeDigested { result })?;
             Ok(())
         }
         Task::ProbeOverlay { dir } => {
@@ -256,14 +275,3 @@ fn probe_overlay(dir: &Path) -> Result<()> {
 
 /// Name of the file `probe_overlay` expects in its lower layer.
 pub const PROBE_FILE: &str = "probe";
-
-pub fn make_mounts_private() -> Result<()> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making the mount namespace private")
-}

@@ -137,6 +137,16 @@ impl IdMaps {
         lookup(&self.gids, inside)
     }
 
+    /// Whether the host uid `outside` has an id in the namespace.
+    pub fn maps_host_uid(&self, outside: u32) -> bool {
+        maps_outside(&self.uids, outside)
+    }
+
+    /// Whether the host gid `outside` has an id in the namespace.
+    pub fn maps_host_gid(&self, outside: u32) -> bool {
+        maps_outside(&self.gids, outside)
+    }
+
     /// Write both maps for process `pid`, which must have just unshared its
     /// user namespace and be waiting.
     pub fn apply(&self, pid: u32) -> Result<(), IdMapError> {
@@ -147,8 +157,33 @@ impl IdMaps {
             write_map(pid, "gid_map", &self.gids)?;
             return Ok(());
         }
+        if self.only_own_ids() {
+            // Single-id mode: a user may map its own uid and gid without
+            // newuidmap/newgidmap (which a host without subordinate ids may
+            // lack), once setgroups(2) is denied in the namespace.
+            write_file(pid, "setgroups", "deny")?;
+            write_map(pid, "uid_map", &self.uids)?;
+            write_map(pid, "gid_map", &self.gids)?;
+            return Ok(());
+        }
         run_map_tools(pid, self)
     }
+
+    /// Whether the maps hold one id each: the caller's own (single-id mode).
+    fn only_own_ids(&self) -> bool {
+        let own =
+            |r: &[IdRange], id: u32| matches!(r, [one] if one.count == 1 && one.outside == id);
+        own(&self.uids, nix::unistd::getuid().as_raw())
+            && own(&self.gids, nix::unistd::getgid().as_raw())
+    }
+}
+
+fn maps_outside(ranges: &[IdRange], outside: u32) -> bool {
+    ranges.iter().any(|r| {
+        outside
+            .checked_sub(r.outside)
+            .is_some_and(|off| off < r.count)
+    })
 }
 
 fn lookup(ranges: &[IdRange], inside: u32) -> Option<u32> {
@@ -166,8 +201,12 @@ fn map_text(ranges: &[IdRange]) -> String {
 }
 
 fn write_map(pid: u32, name: &str, ranges: &[IdRange]) -> Result<(), IdMapError> {
+    write_file(pid, name, &map_text(ranges))
+}
+
+fn write_file(pid: u32, name: &str, text: &str) -> Result<(), IdMapError> {
     let file = PathBuf::from(format!("/proc/{pid}/{name}"));
-    fs::write(&file, map_text(ranges)).map_err(|source| IdMapError::Write { file, source })
+    fs::write(&file, text).map_err(|source| IdMapError::Write { file, source })
 }
 
 fn map_tool_args(pid: u32, ranges: &[IdRange]) -> Vec<String> {
@@ -272,10 +311,7 @@ fn tool_path(tool: &'static str) -> Option<&'static Path> {
 }
 
 fn find_on_path(tool: impl AsRef<OsStr>) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool.as_ref()))
-        .find(|p| p.is_file())
+    which::which(tool.as_ref()).ok()
 }
 
 /// True when `tool` can be found on PATH.
@@ -314,5 +350,17 @@ mod tests {
         assert_eq!(m.host_uid(65536), Some(100000 + 65535));
         assert_eq!(m.host_uid(65537), None);
         assert_eq!(map_text(&m.gids), "0 1000 1\n1 100000 65536\n");
+        for mapped in [1000, 100000, 100000 + 65535] {
+            assert!(
+                m.maps_host_uid(mapped) && m.maps_host_gid(mapped),
+                "{mapped}"
+            );
+        }
+        for unmapped in [0, 999, 1001, 99999, 100000 + 65536] {
+            assert!(
+                !m.maps_host_uid(unmapped) && !m.maps_host_gid(unmapped),
+                "{unmapped}"
+            );
+        }
     }
 }

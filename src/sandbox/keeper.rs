@@ -11,7 +11,7 @@
 
 use std::fs::{self, File};
 use std::io::BufReader;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,10 +27,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::cgroup::{self, Delegation};
-use super::helper::make_mounts_private;
+use super::child::pidfd_open;
+use super::private_mounts::make_mounts_private;
 use super::rundir::remove_tree;
 use super::spec::{self, CgroupSettings};
 use super::types::{exit_code, Network, Outcome, RunSpec};
+use super::usage::{self, Measured, PidsSampler};
 use super::wire::{self, fds, Command, Event};
 
 /// pid 1 of the sandbox's outer pid namespace.
@@ -50,6 +52,7 @@ enum Stop {
     Exited(WaitStatus),
     TimedOut,
     KillRequested,
+    WriteLimit,
 }
 
 impl Keeper {
@@ -61,15 +64,21 @@ impl Keeper {
     pub fn main(mut self) -> i32 {
         let cgroup_path = self.cgroup.as_ref().map(|d| d.run_path(&self.id));
         let scratch = self.scratch.clone();
-        let event = match self.setup_and_run(&scratch, cgroup_path.as_deref()) {
-            Ok(outcome) => Event::Finished { outcome },
+        let ended = self.setup_and_run(&scratch, cgroup_path.as_deref());
+        kill_all_and_reap();
+        let event = match ended {
+            Ok((outcome, measured)) => Event::Finished {
+                outcome,
+                // Every process of the run is reaped, its cgroup not yet
+                // removed: its counters are final.
+                usage: usage::read(self.cgroup.as_ref(), cgroup_path.as_deref(), measured),
+            },
             Err(e) => {
                 let message = format!("{e:#}");
                 let code = classify_error(&message);
                 Event::Failed { message, code }
             }
         };
-        kill_all_and_reap();
         if let (Some(d), Some(path)) = (&self.cgroup, &cgroup_path) {
             d.remove(path);
         }
@@ -84,9 +93,13 @@ impl Keeper {
         1
     }
 
-    fn setup_and_run(&mut self, scratch: &Path, cgroup_path: Option<&Path>) -> Result<Outcome> {
+    fn setup_and_run(
+        &mut self,
+        scratch: &Path,
+        cgroup_path: Option<&Path>,
+    ) -> Result<(Outcome, Measured)> {
         make_mounts_private()?;
-        if self.run.network == Network::None {
+        if self.run.network != Network::Host {
             super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
         }
         let (rootfs, bundle, state) = super::rundir::scratch_layout(scratch);
@@ -110,12 +123,21 @@ impl Keeper {
         let cg = cgroup_path.map(|path| CgroupSettings {
             path,
             mems: mems.as_deref(),
+            pids: self.cgroup.as_ref().is_some_and(Delegation::has_pids),
         });
-        let nofile_hard =
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map(|(_, hard)| hard)
-                .unwrap_or(1024);
-        let config = spec::build(&self.run, rootfs, cg.as_ref(), nofile_hard);
+        let hard = spec::HardLimits::current();
+        let resolv_conf = bundle.join("resolv.conf");
+        let resolv_conf = if self.run.network == Network::Pasta {
+            fs::write(&resolv_conf, super::pasta::resolv_conf())
+                .context("writing the run's resolv.conf")?;
+            // The caller starts pasta while we mount: the program must not
+            // start before its network is there.
+            self.wait_network()?;
+            Some(resolv_conf.as_path())
+        } else {
+            None
+        };
+        let config = spec::build(&self.run, rootfs, cg.as_ref(), &hard, resolv_conf);
         fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)
             .context("writing config.json")?;
 
@@ -138,6 +160,10 @@ impl Keeper {
             .build()
             .map_err(|e| anyhow!("{e}"))
             .context("creating the container")?;
+        // The baseline of what it writes, before the program writes.
+        let (upper, _) = super::rundir::layout(&self.rundir);
+        let mut watch = super::write_limit::Watch::start(&upper, &self.run);
+        let mut sampler = PidsSampler::new(self.cgroup.as_ref(), cgroup_path);
         if let (Some(d), Some(path), false) =
             (&self.cgroup, cgroup_path, self.run.limits.is_empty())
         {
@@ -154,37 +180,50 @@ impl Keeper {
         wire::send(&mut self.control, &Event::Started { pid: pid.as_raw() })?;
 
         let deadline = self.run.timeout.map(|t| started + t);
-        let stop = self.wait(pid, deadline)?;
+        let stop = self.wait(pid, deadline, &mut watch, sampler.as_mut())?;
+        // The program is gone (or is to go): nothing else of the sandbox
+        // may live on.
+        kill_all_and_reap();
+        let measured = Measured {
+            wall: started.elapsed(),
+            written: Some(watch.written()),
+            sampled_pids: sampler.as_ref().map(PidsSampler::peak),
+        };
         let status = match stop {
             Stop::Exited(status) => status,
-            Stop::TimedOut | Stop::KillRequested => {
-                kill_all_and_reap();
-                return Ok(if matches!(stop, Stop::TimedOut) {
-                    Outcome::TimedOut
-                } else {
-                    Outcome::Killed
-                });
-            }
+            Stop::TimedOut => return Ok((Outcome::TimedOut, measured)),
+            Stop::WriteLimit => return Ok((Outcome::WriteLimitExceeded, measured)),
+            Stop::KillRequested => return Ok((Outcome::Killed, measured)),
         };
-        // The program is gone: nothing else of the sandbox may live on.
-        kill_all_and_reap();
+        // What it wrote last (a file stopped by RLIMIT_FSIZE, say).
+        if watch.over() {
+            return Ok((Outcome::WriteLimitExceeded, measured));
+        }
         let ooms = match (&self.cgroup, cgroup_path) {
             (Some(d), Some(p)) => d.oom_kills(p),
             _ => 0,
         };
         // No `container.delete`: its state directory goes with the scratch
         // tmpfs, and the run's cgroup is removed by `main`.
-        Ok(match status {
+        let outcome = match status {
             WaitStatus::Exited(_, code) if ooms > 0 && code != 0 => Outcome::OomKilled,
             WaitStatus::Signaled(_, Signal::SIGKILL, _) if ooms > 0 => Outcome::OomKilled,
             WaitStatus::Exited(_, code) => Outcome::Exited(code),
             WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
             other => bail!("unexpected wait status of the program: {other:?}"),
-        })
+        };
+        Ok((outcome, measured))
     }
 
     fn mount_rootfs(&self, rootfs: &Path) -> Result<()> {
         let (upper, work) = super::rundir::layout(&self.rundir);
+        let paths = super::upper_dirs::made_paths(&self.run);
+        let scratch_dirs = super::upper_dirs::SCRATCH_DIRS.map(Path::new);
+        super::upper_dirs::prepare(
+            &upper,
+            &self.run.layers,
+            paths.iter().map(PathBuf::as_path).chain(scratch_dirs),
+        );
         // `volatile`: no sync of the upper layer at unmount. The layer is
         // thrown away after the run, and that sync costs milliseconds.
         mount_overlay(
@@ -196,16 +235,47 @@ impl Keeper {
         )
     }
 
-    /// Wait for the program's exit, the deadline, or a kill request.
-    fn wait(&mut self, pid: Pid, deadline: Option<Instant>) -> Result<Stop> {
+    /// Wait until the caller says the network namespace is connected.
+    fn wait_network(&mut self) -> Result<()> {
+        loop {
+            match wire::recv::<Command>(&mut self.reader)? {
+                Some(Command::NetworkReady) => return Ok(()),
+                Some(Command::Mapped) => continue,
+                Some(Command::Kill) | None => {
+                    bail!("stopped before the run's network was connected")
+                }
+            }
+        }
+    }
+
+    /// Wait for the program's exit, the deadline, a kill request, or
+    /// (measured when due) the write limit passed; sample the processes
+    /// when due.
+    fn wait(
+        &mut self,
+        pid: Pid,
+        deadline: Option<Instant>,
+        watch: &mut super::write_limit::Watch,
+        mut sampler: Option<&mut PidsSampler>,
+    ) -> Result<Stop> {
         let pidfd = pidfd_open(pid)?;
         let control = self.reader.get_ref().try_clone()?;
         loop {
-            let timeout = match deadline {
+            if watch.due().is_some_and(|d| d <= Instant::now()) && watch.over() {
+                return Ok(Stop::WriteLimit);
+            }
+            if let Some(s) = sampler.as_deref_mut().filter(|s| s.due() <= Instant::now()) {
+                s.sample();
+            }
+            let wake = [deadline, watch.due(), sampler.as_deref().map(|s| s.due())]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = match wake {
                 None => PollTimeout::NONE,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    if left.is_zero() && deadline.is_some_and(|d| d <= Instant::now()) {
                         return Ok(Stop::TimedOut);
                     }
                     // Round up so that we never wake just before the deadline.
@@ -230,7 +300,7 @@ impl Keeper {
             if ready(&fds[1]) {
                 // A kill request, or the caller is gone: either way, stop.
                 match wire::recv::<Command>(&mut self.reader) {
-                    Ok(Some(Command::Mapped)) => continue,
+                    Ok(Some(Command::Mapped | Command::NetworkReady)) => continue,
                     _ => return Ok(Stop::KillRequested),
                 }
             }
@@ -364,16 +434,6 @@ fn kill_all_and_reap() {
     while let Ok(_) | Err(nix::errno::Errno::EINTR) =
         waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL))
     {}
-}
-
-fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_open");
-    }
-    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn dup_fd(fd: RawFd) -> Result<OwnedFd> {

@@ -9,18 +9,30 @@
 //! program's output pipes and the run directory.
 
 pub mod cgroup;
+mod child;
+mod clone;
 pub mod helper;
+pub mod id_mode;
 pub mod idmap;
 mod keeper;
 mod netns;
+pub mod pasta;
+mod private_mounts;
 mod process;
 pub mod rundir;
 pub mod seccomp;
+mod seccomp_profile;
+mod seccomp_single_id;
+mod signals;
 mod spawn;
 pub mod spec;
 pub mod types;
+mod upper_dirs;
+pub mod usage;
+pub use upper_dirs::rootfs_tree_warning;
 mod userns;
 mod wire;
+pub mod write_limit;
 
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -33,10 +45,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 
 pub use cgroup::Delegation;
+pub use id_mode::{IdMode, IdModeSetting};
 pub use idmap::IdMaps;
 pub use types::{exit_code, Bind, Limits, Network, Outcome, RunSpec};
+pub use usage::{PidsPeak, Usage, UsageSource};
+pub use wire::UnpackFailure;
 
-use process::{ChildProcess, Started};
+use child::ChildProcess;
+use process::Started;
 use rundir::RunDir;
 use wire::{Command, Event, Task};
 
@@ -52,6 +68,8 @@ pub struct SandboxConfig {
     /// with threads).
     pub binary: PathBuf,
     pub maps: IdMaps,
+    /// Subordinate ids, or only the worker's own (see `id_mode.rs`).
+    pub id_mode: IdMode,
     /// The user namespace every sandbox process joins, once held (see
     /// [`SandboxConfig::hold_user_namespace`]); without it each gets a new
     /// one, mapped by `newuidmap`/`newgidmap`.
@@ -99,11 +117,14 @@ pub enum Output {
 
 impl SandboxConfig {
     /// A configuration for the current user: state under `state_dir`, this
-    /// binary as the launcher, maps from /etc/subuid and /etc/subgid.
+    /// binary as the launcher, maps from /etc/subuid and /etc/subgid, or
+    /// only the user's own ids (as `id_mode` says).
     pub fn for_current_user(
         state_dir: PathBuf,
         cgroup: Option<Delegation>,
+        id_mode: IdModeSetting,
     ) -> Result<Self, SandboxError> {
+        let (id_mode, maps) = id_mode::for_current_user(id_mode)?;
         Ok(SandboxConfig {
             state_dir,
             cgroup,
@@ -111,7 +132,8 @@ impl SandboxConfig {
                 exe: "/proc/self/exe".into(),
                 source,
             })?,
-            maps: IdMaps::for_current_user()?,
+            maps,
+            id_mode,
             userns: None,
             seccomp: Arc::default(),
         })
@@ -134,7 +156,7 @@ impl SandboxConfig {
     /// `seccomp` feature): compiled once, cached in the state directory.
     fn seccomp_program(&self) -> Result<Option<seccomp::Program>, SandboxError> {
         self.seccomp
-            .get_or_init(|| seccomp::default_program(&self.state_dir))
+            .get_or_init(|| seccomp::program_for(&self.state_dir, self.id_mode))
             .clone()
             .map_err(|message| SandboxError::Setup {
                 message,
@@ -159,10 +181,59 @@ impl SandboxConfig {
         Ok(stale.len())
     }
 
+    /// What bounds a run with `limits`, for a job's log: which mechanism
+    /// bounds its processes, and its writes.
+    pub fn bounds_described(&self, limits: &Limits) -> String {
+        let procs = match limits.pids.filter(|p| *p > 0) {
+            None => "processes: no limit".to_string(),
+            Some(n) if self.cgroup.as_ref().is_some_and(Delegation::has_pids) => {
+                format!("processes: at most {n} per run (the cgroup pids controller)")
+            }
+            Some(n) => {
+                let hard = spec::HardLimits::current().nproc;
+                let n = (n as u64).min(hard);
+                let shared = if self.userns.is_some() {
+                    ", which this worker's runs share: together they stay under it"
+                } else {
+                    ""
+                };
+                format!(
+                    "processes: at most {n} (RLIMIT_NPROC, as no delegated cgroup has the pids \
+                     controller; the kernel counts the processes of the program's uid in the \
+                     sandbox's user namespace{shared})"
+                )
+            }
+        };
+        let writes = match limits.write_max.filter(|c| *c > 0) {
+            None => "disk writes: no limit".to_string(),
+            Some(c) => format!(
+                "disk writes: at most {} MiB (its image layer and writable job directories, \
+                 measured every {} s or more; no single file larger: RLIMIT_FSIZE)",
+                c >> 20,
+                write_limit::MIN_INTERVAL.as_secs()
+            ),
+        };
+        format!("{procs}; {writes}")
+    }
+
     /// Delete paths as root of a user namespace with this config's maps.
     pub fn remove_as_root(&self, paths: Vec<PathBuf>) -> Result<Vec<String>, SandboxError> {
         match self.one_shot(&Task::Remove { paths }, None)? {
             Event::Removed { errors } => Ok(errors),
+            other => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The `rootfs_cache::tree_digest` of `dir` as root of a user namespace
+    /// with this config's maps (owners as the sandbox sees them).
+    pub fn tree_digest(&self, dir: &Path) -> Result<Result<String, String>, SandboxError> {
+        match self.one_shot(
+            &Task::TreeDigest {
+                dir: dir.to_path_buf(),
+            },
+            None,
+        )? {
+            Event::TreeDigested { result } => Ok(result),
             other => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
         }
     }
@@ -188,7 +259,7 @@ impl SandboxConfig {
         media_type: &str,
         dest: &Path,
         opts: &rootfs_cache::UnpackOptions,
-    ) -> Result<Result<rootfs_cache::UnpackReport, String>, SandboxError> {
+    ) -> Result<Result<rootfs_cache::UnpackReport, wire::UnpackFailure>, SandboxError> {
         let task = Task::Unpack {
             media_type: media_type.to_string(),
             dest: dest.to_path_buf(),
@@ -240,6 +311,8 @@ struct SandboxProcess {
     child: ChildProcess,
     control: UnixStream,
     events: BufReader<UnixStream>,
+    /// The sandbox process's pid in our pid namespace.
+    pid: i32,
 }
 
 impl SandboxProcess {
@@ -285,6 +358,7 @@ impl SandboxProcess {
             child,
             events: BufReader::new(ours.try_clone()?),
             control: ours,
+            pid: 0,
         };
         if send_task {
             wire::send(&mut h.control, task)?;
@@ -300,6 +374,7 @@ impl SandboxProcess {
         } else {
             h.child.id()
         };
+        h.pid = pid as i32;
         if userns.is_some() {
             // Mapped once, when it was made: the sandbox process goes on
             // without waiting for us.
@@ -401,6 +476,8 @@ pub struct Sandbox {
     pub stdout: Option<File>,
     /// Read end of the program's stderr, with [`Output::Pipe`].
     pub stderr: Option<File>,
+    /// pasta, for `Network::Pasta`.
+    net: Option<pasta::NetStack>,
 }
 
 /// Kills a sandbox from another thread.
@@ -432,7 +509,7 @@ impl Sandbox {
         let stdout_fd = out_w.map_or_else(|| dup_high(1), Ok)?;
         let stderr_fd = err_w.map_or_else(|| dup_high(2), Ok)?;
         let task = Task::Run {
-            run: Box::new(run.clone()),
+            run: Box::new(id_mode::for_mode(run, cfg.id_mode)),
             id: rundir.id.clone(),
             rundir: rundir.path.clone(),
             scratch: rundir.scratch.clone(),
@@ -447,20 +524,36 @@ impl Sandbox {
             Some(&rundir.lock),
             None,
         )
-        .and_then(|mut h| match h.next_event() {
-            Ok(Event::Started { pid }) => Ok((h, pid)),
-            Ok(other) => {
-                h.stop();
-                Err(SandboxError::Lost(format!("unexpected {other:?}")))
+        .and_then(|mut h| {
+            let mut net = None;
+            if run.network == Network::Pasta {
+                let connected = pasta::NetStack::start(&cfg.binary, h.pid).and_then(|n| {
+                    net = Some(n);
+                    Ok(wire::send(&mut h.control, &Command::NetworkReady)?)
+                });
+                if let Err(e) = connected {
+                    h.stop();
+                    net.as_mut().map(pasta::NetStack::finish);
+                    // A keeper that failed on its own (pasta saw it go)
+                    // said why: that is the error.
+                    return Err(match h.next_event() {
+                        Err(failed @ SandboxError::Setup { .. }) => failed,
+                        _ => e,
+                    });
+                }
             }
-            Err(e) => {
-                h.stop();
-                Err(e)
-            }
+            let result = match h.next_event() {
+                Ok(Event::Started { pid }) => return Ok((h, pid, net)),
+                Ok(other) => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
+                Err(e) => Err(e),
+            };
+            h.stop();
+            net.as_mut().map(pasta::NetStack::finish);
+            result
         });
         drop((stdout_fd, stderr_fd));
         match started {
-            Ok((process, pid)) => {
+            Ok((process, pid, net)) => {
                 tracing::debug!(pid, "program started");
                 Ok(Sandbox {
                     process,
@@ -469,12 +562,25 @@ impl Sandbox {
                     pid,
                     stdout: out_r,
                     stderr: err_r,
+                    net,
                 })
             }
             Err(e) => {
                 // The sandbox process is gone (it failed, or was killed).
                 finish_rundir(cfg, rundir, false, || {});
-                Err(e)
+                Err(match e {
+                    // libcontainer says no more: name the directory.
+                    SandboxError::Setup { message, code }
+                        if message.ends_with("failed to prepare rootfs") =>
+                    {
+                        let message = match upper_dirs::explain_unmapped(run, &cfg.maps) {
+                            Some(why) => format!("{message}: {why}"),
+                            None => message,
+                        };
+                        SandboxError::Setup { message, code }
+                    }
+                    e => e,
+                })
             }
         }
     }
@@ -492,6 +598,12 @@ impl Sandbox {
     /// Wait until the program and everything it started have ended and the
     /// sandbox is torn down.
     pub fn wait(self, cfg: &SandboxConfig) -> Result<Outcome, SandboxError> {
+        Ok(self.wait_inner(cfg, None)?.0)
+    }
+
+    /// [`Sandbox::wait`], with what the run used (read from its cgroup
+    /// before it was removed, else from `getrusage`).
+    pub fn wait_with_usage(self, cfg: &SandboxConfig) -> Result<(Outcome, Usage), SandboxError> {
         self.wait_inner(cfg, None)
     }
 
@@ -502,7 +614,7 @@ impl Sandbox {
         self,
         cfg: &SandboxConfig,
         interrupt: BorrowedFd<'_>,
-    ) -> Result<Outcome, SandboxError> {
+    ) -> Result<(Outcome, Usage), SandboxError> {
         self.wait_inner(cfg, Some(interrupt))
     }
 
@@ -510,13 +622,13 @@ impl Sandbox {
         mut self,
         cfg: &SandboxConfig,
         interrupt: Option<BorrowedFd<'_>>,
-    ) -> Result<Outcome, SandboxError> {
+    ) -> Result<(Outcome, Usage), SandboxError> {
         let event = match interrupt {
             Some(fd) => self.process.next_event_interruptible(fd),
             None => self.process.next_event(),
         };
         let result = match event {
-            Ok(Event::Finished { outcome }) => Ok(outcome),
+            Ok(Event::Finished { outcome, usage }) => Ok((outcome, usage)),
             Ok(other) => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
             Err(e) => Err(e),
         };
@@ -529,9 +641,12 @@ impl Sandbox {
         }
         // After its report the keeper has killed every process of the
         // sandbox: the overlay's directories go while it exits.
+        let mut net = self.net.take();
         finish_rundir(cfg, self.rundir, self.keep_upper && !crashed, || {
             let _ = self.process.child.wait();
         });
+        // The keeper is gone: its pasta goes too.
+        net.as_mut().map(pasta::NetStack::finish);
         tracing::debug!("run directory removed, sandbox gone");
         result
     }
@@ -565,11 +680,7 @@ fn finish_rundir(cfg: &SandboxConfig, dir: RunDir, keep_upper: bool, wait_exit: 
 /// The default state directory: `$XDG_STATE_HOME/compute-worker`, else
 /// `~/.local/state/compute-worker`.
 pub fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d).join("compute-worker");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("/tmp").to_path_buf());
-    home.join(".local/state/compute-worker")
+    dirs::state_dir()
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("compute-worker")
 }

@@ -26,14 +26,12 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::ExitStatus;
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
+use super::child::ChildProcess;
+use super::clone::{clone_with, CloneResult};
 use super::wire::{fds, Task};
 
 /// Where the handed fds land in the sandbox process, in order.
@@ -48,13 +46,6 @@ const TARGETS: [RawFd; HANDED] = [
 /// How many fds the sandbox process is handed.
 pub const HANDED: usize = 5;
 
-/// A child of this process: the sandbox process itself, or its launcher.
-#[derive(Debug)]
-pub struct ChildProcess {
-    pid: Pid,
-    status: Option<ExitStatus>,
-}
-
 /// How the sandbox process was started.
 pub enum Started {
     /// Cloned from this process: the child is the sandbox process.
@@ -65,41 +56,6 @@ pub enum Started {
     /// A launcher cloned from this process (in the held user namespace)
     /// runs it: it has the task already, and answers with the pid.
     ClonedLauncher(ChildProcess),
-}
-
-impl ChildProcess {
-    pub fn id(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
-    /// SIGKILL, unless it has been waited for already.
-    pub fn kill(&mut self) {
-        if self.status.is_none() {
-            let _ = kill(self.pid, Signal::SIGKILL);
-        }
-    }
-
-    /// Wait for it to exit (once; later calls give the same status).
-    pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(s) = self.status {
-            return Ok(s);
-        }
-        let mut raw = 0;
-        loop {
-            // SAFETY: waitpid writes the status into `raw`, a live c_int.
-            let r = unsafe { libc::waitpid(self.pid.as_raw(), &mut raw, 0) };
-            if r >= 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        let status = ExitStatus::from_raw(raw);
-        self.status = Some(status);
-        Ok(status)
-    }
 }
 
 /// Start the sandbox process for `task` with `handed` (control socket,
@@ -131,33 +87,6 @@ pub fn start(
 /// on running any code.
 fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
-}
-
-/// What `clone_with` returned in one of the two processes.
-pub enum CloneResult {
-    Parent(Pid),
-    Child,
-}
-
-/// `clone(2)` with `flags` (namespaces) and fork semantics: the child is a
-/// copy of this process on a copy of its stack, and SIGCHLD tells the
-/// parent of its end.
-///
-/// # Safety
-/// This process must be single-threaded, and the child must not return
-/// into code that expects the parent's thread identity (it runs to its
-/// exit, as libcontainer's own clones do: glibc's cached thread id in the
-/// child is the parent's).
-pub unsafe fn clone_with(flags: CloneFlags) -> io::Result<CloneResult> {
-    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY (of the call): a null stack makes clone behave as fork; no
-    // pointer arguments are passed.
-    let r = libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize);
-    match r {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(CloneResult::Child),
-        pid => Ok(CloneResult::Parent(Pid::from_raw(pid as i32))),
-    }
 }
 
 /// What a process cloned from this one becomes.
@@ -204,7 +133,7 @@ fn clone_child(
                 Becomes::Launcher(_) => super::helper::main_cloned_launcher(task.clone()),
             }
         }
-        CloneResult::Parent(pid) => Ok(ChildProcess { pid, status: None }),
+        CloneResult::Parent(pid) => Ok(ChildProcess::from_pid(pid)),
     }
 }
 
@@ -222,7 +151,7 @@ fn exec_launcher(
         fds.push((fd.as_raw_fd(), fds::USERNS));
     }
     let pid = super::spawn::spawn(exe, &args, &fds)?;
-    Ok(ChildProcess { pid, status: None })
+    Ok(ChildProcess::from_pid(pid))
 }
 
 /// In the cloned child: the fds, process group and signals an exec'd

@@ -7,10 +7,11 @@
 //! for as long as any of its processes lives, so a directory whose lock can
 //! be taken belongs to a crashed run and may be removed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use rootfs_cache::lock::FileLock;
 
 /// A file that marks a run directory kept on purpose (`keep_upper`).
 pub const KEPT: &str = "kept";
@@ -37,15 +38,41 @@ fn random_id() -> io::Result<String> {
     Ok(format!("{RUN_PREFIX}{hex}"))
 }
 
+/// Create `dir` and its missing parents with mode 0700 (an existing one
+/// keeps its mode): the worker's state directory and `HOST_DIRECTORY` hold
+/// files owned by the worker's user, image root's among them, that no other
+/// account may reach (`doctor` warns about existing ones that others can).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Create `dir` (and its parents) with mode 0700, and take group and other
+/// access away from it if it exists: a run's upper directory holds what the
+/// program wrote, setuid files included, owned by the worker's user on the
+/// host (image root), so no other account may reach it.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    create_private_dir(dir)?;
+    let mode = fs::metadata(dir)?.mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
+}
+
 impl RunDir {
     /// Create a fresh run directory and take its lock. The directory is
     /// built under a temporary name and renamed once locked, so that a
     /// concurrent stale-run sweep never sees it unlocked.
     pub fn create(state_dir: &Path) -> io::Result<RunDir> {
         let runs = runs_dir(state_dir);
-        fs::create_dir_all(&runs)?;
+        private_dir(&runs)?;
         let scratch = state_dir.join("scratch");
-        fs::create_dir_all(&scratch)?;
+        private_dir(&scratch)?;
         loop {
             let id = random_id()?;
             let path = runs.join(&id);
@@ -55,12 +82,10 @@ impl RunDir {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(tmp.join("lock"))?;
-            try_flock(&lock, libc::LOCK_EX)?;
+            // Nobody else knows the directory yet: the lock is free.
+            let lock = FileLock::try_exclusive(&tmp.join("lock"))?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?
+                .into_file();
             for sub in ["upper", "work"] {
                 fs::create_dir(tmp.join(sub))?;
             }
@@ -127,21 +152,9 @@ pub fn is_live(state_dir: &Path, id: &str) -> bool {
     p.is_dir() && is_locked(&p)
 }
 
+/// No lock file (the run died while being created) is not locked.
 fn is_locked(dir: &Path) -> bool {
-    let Ok(f) = File::open(dir.join("lock")) else {
-        // No lock file: the run died while being created.
-        return false;
-    };
-    try_flock(&f, libc::LOCK_SH).is_err()
-}
-
-/// flock(2) without blocking; the lock lives as long as the open file.
-fn try_flock(f: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock only acts on the given open fd.
-    if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    rootfs_cache::lock::is_locked(&dir.join("lock"))
 }
 
 /// Remove a run's overlay work directory and, unless `keep_upper`, its

@@ -47,8 +47,31 @@ pub enum Network {
     /// A new network namespace with only `lo`, up.
     #[default]
     None,
-    /// The host's network namespace.
+    /// The host's network namespace: every service on the host's
+    /// loopback, its abstract unix sockets and its ports are the program's.
+    /// Only on explicit request.
     Host,
+    /// A new network namespace connected to the outside by `pasta` (a
+    /// user-mode network stack, as rootless Podman uses), started for the
+    /// run and ended with it: no path to the host's loopback, no port
+    /// forwarded either way, DNS through pasta's forwarder.
+    Pasta,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Host => "host",
+            Network::Pasta => "pasta",
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::str::FromStr for Network {
@@ -57,12 +80,18 @@ impl std::str::FromStr for Network {
         match s {
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
-            _ => Err(format!("unknown network `{s}`: expected `none` or `host`")),
+            "pasta" => Ok(Network::Pasta),
+            _ => Err(format!(
+                "unknown network `{s}`: expected `none`, `pasta` or `host`"
+            )),
         }
     }
 }
 
-/// Resource limits, applied through a delegated cgroup when there is one.
+/// Resource limits. Memory and cpus are applied through a delegated
+/// cgroup when there is one; pids through its `pids` controller, else
+/// `RLIMIT_NPROC`; the write limit by the keeper's watch
+/// (`write_limit.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Memory limit in bytes.
@@ -71,11 +100,21 @@ pub struct Limits {
     pub pids: Option<i64>,
     /// cpuset, e.g. `0-1` or `2,3`.
     pub cpus: Option<String>,
+    /// Bytes the run may add to the disk: its upper layer and its
+    /// writable binds (`None` or 0: no limit).
+    #[serde(default)]
+    pub write_max: Option<u64>,
 }
 
 impl Limits {
+    /// No limit that a cgroup would enforce (memory, pids, cpus).
     pub fn is_empty(&self) -> bool {
         self.memory.is_none() && self.pids.is_none() && self.cpus.is_none()
+    }
+
+    /// A limit that only a cgroup can enforce (memory, cpus).
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory.is_some() || self.cpus.is_some()
     }
 }
 
@@ -141,6 +180,9 @@ pub enum Outcome {
     OomKilled,
     /// The caller asked for the sandbox to be killed.
     Killed,
+    /// The run wrote more than its write limit and the whole sandbox was
+    /// killed.
+    WriteLimitExceeded,
 }
 
 /// Exit codes `compute-worker exec` uses for outcomes that are not the
@@ -158,6 +200,8 @@ pub mod exit_code {
     pub const OOM_KILLED: i32 = 123;
     /// Killed on request (revoke, SIGTERM of the caller).
     pub const KILLED: i32 = 137;
+    /// The write limit was passed (as a program killed by SIGXFSZ).
+    pub const WRITE_LIMIT: i32 = 153;
 }
 
 impl Outcome {
@@ -169,6 +213,7 @@ impl Outcome {
             Outcome::TimedOut => exit_code::TIMED_OUT,
             Outcome::OomKilled => exit_code::OOM_KILLED,
             Outcome::Killed => exit_code::KILLED,
+            Outcome::WriteLimitExceeded => exit_code::WRITE_LIMIT,
         }
     }
 
@@ -188,6 +233,10 @@ impl std::fmt::Display for Outcome {
                 "out of memory: the memory limit was reached and the program was killed"
             ),
             Outcome::Killed => write!(f, "killed on request"),
+            Outcome::WriteLimitExceeded => write!(
+                f,
+                "write limit exceeded: the run wrote more than its limit to disk and was killed"
+            ),
         }
     }
 }

@@ -18,8 +18,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
 
+use super::clone::{clone_with, CloneResult};
 use super::idmap::{IdMapError, IdMaps};
-use super::process::{clone_with, CloneResult};
 
 /// A mapped user namespace, held by a file descriptor.
 #[derive(Debug)]
@@ -38,6 +38,9 @@ impl HeldUserNamespace {
         let child = match unsafe { clone_with(CloneFlags::CLONE_NEWUSER) }
             .map_err(|e| failed("clone(CLONE_NEWUSER)", e))?
         {
+            // SAFETY: raw fds of this process, valid in the child; only
+            // async-signal-safe calls, then _exit (no Rust code of the
+            // parent's other threads runs on).
             CloneResult::Child => unsafe {
                 // Wait until the parent has the namespace (it closes its
                 // end of the pipe), then go.

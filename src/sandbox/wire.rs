@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::cgroup::Delegation;
 use super::types::{Network, Outcome, RunSpec};
+use super::usage::Usage;
 
 /// File descriptors the sandbox process is started with.
 pub mod fds {
@@ -46,6 +47,9 @@ pub enum Task {
         dest: PathBuf,
         opts: rootfs_cache::UnpackOptions,
     },
+    /// The `rootfs_cache::tree_digest` of an unpacked layer, its owners
+    /// seen as in the sandbox.
+    TreeDigest { dir: PathBuf },
     /// Mount an overlay in a new mount namespace as a run would (the
     /// `doctor` check): `dir` holds `lower/`, `upper/`, `work/`, `merged/`.
     ProbeOverlay { dir: PathBuf },
@@ -54,20 +58,21 @@ pub enum Task {
 impl Task {
     /// The namespaces the task's process is cloned into: always a user
     /// namespace; for a run also mount, pid (its process is the keeper, pid
-    /// 1 there) and, without host network, network namespaces; for the
+    /// 1 there) and, unless the host's network is asked for, network
+    /// namespaces; for the
     /// overlay probe a mount namespace.
     pub fn clone_flags(&self) -> CloneFlags {
         let user = CloneFlags::CLONE_NEWUSER;
         match self {
             Task::Run { run, .. } => {
                 let mut f = user | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
-                if run.network == Network::None {
+                if run.network != Network::Host {
                     f |= CloneFlags::CLONE_NEWNET;
                 }
                 f
             }
             Task::ProbeOverlay { .. } => user | CloneFlags::CLONE_NEWNS,
-            Task::Remove { .. } | Task::Unpack { .. } => user,
+            Task::Remove { .. } | Task::Unpack { .. } | Task::TreeDigest { .. } => user,
         }
     }
 }
@@ -78,6 +83,9 @@ pub enum Command {
     /// The id maps of the sandbox's new user namespace are written (never
     /// sent in a held one, mapped when it was made).
     Mapped,
+    /// The run's network namespace is connected (`Network::Pasta`): the
+    /// program may start.
+    NetworkReady,
     /// Kill the sandbox now.
     Kill,
 }
@@ -92,17 +100,36 @@ pub enum Event {
     /// The program runs; `pid` is its pid in the keeper's pid namespace.
     Started { pid: i32 },
     /// The program and everything it started are gone.
-    Finished { outcome: Outcome },
+    Finished { outcome: Outcome, usage: Usage },
     /// The sandbox could not be set up; `code` is the exit code to use.
     Failed { message: String, code: i32 },
     /// A `Remove` task is done.
     Removed { errors: Vec<String> },
     /// An `Unpack` task is done.
     Unpacked {
-        result: Result<rootfs_cache::UnpackReport, String>,
+        result: Result<rootfs_cache::UnpackReport, UnpackFailure>,
     },
+    /// A `TreeDigest` task is done.
+    TreeDigested { result: Result<String, String> },
     /// A `ProbeOverlay` task is done.
     Probed { result: Result<(), String> },
+}
+
+/// Why an `Unpack` task failed: the message, and the system error number
+/// behind it (so that a full disk is told from a bad layer).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnpackFailure {
+    pub message: String,
+    pub errno: Option<i32>,
+}
+
+impl From<&rootfs_cache::Error> for UnpackFailure {
+    fn from(e: &rootfs_cache::Error) -> Self {
+        UnpackFailure {
+            message: e.to_string(),
+            errno: e.os_error(),
+        }
+    }
 }
 
 pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {

@@ -39,8 +39,14 @@ use tracing::{debug, warn};
 /// Which live channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveKind {
+    /// Legacy sites: the submission (prediction) or scoring program.
     Program,
+    /// Legacy sites: the ingestion program.
     Ingestion,
+    /// Sites from v1.27 on: the ingestion program.
+    IngestionProgram,
+    /// Sites from v1.27 on: the scoring program.
+    ScoringProgram,
     DetailedResults,
     ErrorLogs,
 }
@@ -51,6 +57,8 @@ impl LiveKind {
         match self {
             LiveKind::Program => "program",
             LiveKind::Ingestion => "ingestion",
+            LiveKind::IngestionProgram => "ingestion_program",
+            LiveKind::ScoringProgram => "scoring_program",
             LiveKind::DetailedResults => "detailed_results",
             LiveKind::ErrorLogs => "error_logs",
         }
@@ -59,8 +67,10 @@ impl LiveKind {
     /// The frame for one message.
     pub fn frame(self, message: &str) -> Value {
         match self {
-            LiveKind::Program => json!({"kind": "program", "message": message}),
-            LiveKind::Ingestion => json!({"kind": "ingestion", "message": message}),
+            LiveKind::Program
+            | LiveKind::Ingestion
+            | LiveKind::IngestionProgram
+            | LiveKind::ScoringProgram => json!({"kind": self.query(), "message": message}),
             LiveKind::DetailedResults => json!({"kind": "detailed_result_update"}),
             LiveKind::ErrorLogs => json!({"kind": "stderr", "message": message}),
         }

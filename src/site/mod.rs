@@ -35,6 +35,8 @@ pub enum Status {
     Preparing,
     Running,
     Scoring,
+    /// Human in the loop: scored, held until an operator decides.
+    AwaitingValidation,
     Finished,
     Failed,
 }
@@ -45,6 +47,7 @@ impl Status {
             Status::Preparing => "Preparing",
             Status::Running => "Running",
             Status::Scoring => "Scoring",
+            Status::AwaitingValidation => "Awaiting validation",
             Status::Finished => "Finished",
             Status::Failed => "Failed",
         }
@@ -236,6 +239,15 @@ pub enum SiteError {
     },
     #[error("bad site URL {0}")]
     Url(String),
+}
+
+impl SiteError {
+    /// The request failed before any answer: the connection could not be
+    /// made, so the site cannot have acted on it. (A timeout or a reset
+    /// after sending may have been acted on.)
+    pub fn got_no_answer(&self) -> bool {
+        matches!(self, SiteError::Http { source, .. } if source.is_connect())
+    }
 }
 
 /// Retry policy for idempotent storage requests (GET bundle, PUT).

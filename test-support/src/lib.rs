@@ -10,15 +10,18 @@
 //!   OCI image layouts ([`write_oci_layout`]) and archives ([`tar_dir`]).
 //! * Pushes with oci-client ([`push`], [`push_with`], [`push_index`]).
 //! * [`build_busybox_rootfs`]: a rootfs directory for sandboxes.
+//! * [`ReadOnlyMount`]: a read-only bind mount (as root), undone on drop.
 //!
 //! Needs the Debian packages `docker-registry` and `busybox-static`.
 
 pub mod image;
+pub mod mount;
 pub mod push;
 pub mod registry;
 pub mod rootfs;
 
 pub use image::*;
+pub use mount::*;
 pub use push::*;
 pub use registry::*;
 pub use rootfs::*;

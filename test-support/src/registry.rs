@@ -102,6 +102,14 @@ impl Registry {
             .join("data")
     }
 
+    /// Number of manifest GETs of `repository` at `reference` (a tag or a
+    /// digest) in the access log.
+    pub fn manifest_gets(&self, repository: &str, reference: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        let path = format!("\"GET /v2/{repository}/manifests/{reference} ");
+        log.lines().filter(|l| l.contains(&path)).count()
+    }
+
     /// Number of blob GETs for `digest` in the access log.
     pub fn blob_gets(&self, digest: &str) -> usize {
         let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();

@@ -74,8 +74,22 @@ if [ "${1:-}" = as-user ]; then
     report crash-cleaned children "$own"
     # A multi-threaded caller (a job runner, like `serve`) starts its
     # sandboxes by exec, not fork: the embedded demo job with a limit.
-    report job cw run --results "$HOME/results" --memory 64m
+    # The guest has no external interface for pasta: limits, not network, are tested here.
+    report job cw run --results "$HOME/results" --memory 64m --network none
     report job-children children "$own"
+    # Resource reports from the run's cgroup v2 counters (memory.peak,
+    # pids.peak, cpu.stat): a submission that holds 300 MiB while 50
+    # sleepers run, with room, then over a 64 MiB limit.
+    mkdir -p "$HOME/hog"
+    echo 'command: sh /app/program/hog.sh' > "$HOME/hog/metadata.yaml"
+    cat > "$HOME/hog/hog.sh" << 'HOG'
+x=$(head -c 314572800 /dev/zero | tr '\0' a)
+for i in $(seq 50); do sleep 2 & done
+wait
+echo ${#x} > /app/output/length
+HOG
+    report usage cw run --rootfs "$CW_ROOTFS" --submission "$HOME/hog" --results "$HOME/usage" --memory 1g --network none
+    report usage-oom cw run --rootfs "$CW_ROOTFS" --submission "$HOME/hog" --results "$HOME/usage-oom" --memory 64m --network none
     ;;
   admin)
     report oom run --cgroup-parent /compute-worker --memory 32m -- \

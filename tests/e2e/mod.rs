@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::sandbox_env::{self, env, user_dir};
+use crate::sandbox_env::{self, env, user_dir, Env};
 use crate::support;
 use crate::support::amqp::broker_url;
-use crate::support::site::FakeSite;
+use crate::support::site::{FakeSite, SiteVersion};
 use test_support::{busybox_rootfs_layer, write_oci_layout, Comp, TestImage};
 
 pub const IMAGE: &str = "localhost/cw-e2e/busybox:1";
@@ -33,8 +33,12 @@ impl Serve {
     }
 
     pub fn start_with(name: &str, queue: &str, vars: &[(&str, &str)]) -> Serve {
-        let e = env();
-        let base = user_dir(name, 0o755);
+        Self::start_as(env(), name, queue, vars)
+    }
+
+    /// [`Serve::start_with`] as the user of `e`.
+    pub fn start_as(e: &'static Env, name: &str, queue: &str, vars: &[(&str, &str)]) -> Serve {
+        let base = e.dir(name, 0o755);
         let images = base.join("images");
         // The competition image, imported offline into this worker's cache.
         let layout = base.join("layout");
@@ -50,12 +54,28 @@ impl Serve {
         let layout_s = layout.to_string_lossy().into_owned();
         e.images_run(&images, &["import", &layout_s, "--name", IMAGE])
             .ok();
+        Self::start_on_as(e, name, queue, &images, vars)
+    }
 
+    /// A worker whose image cache is `images` (filled by the caller).
+    pub fn start_on(name: &str, queue: &str, images: &Path, vars: &[(&str, &str)]) -> Serve {
+        Self::start_on_as(env(), name, queue, images, vars)
+    }
+
+    /// [`Serve::start_on`] as the user of `e`.
+    pub fn start_on_as(
+        e: &'static Env,
+        name: &str,
+        queue: &str,
+        images: &Path,
+        vars: &[(&str, &str)],
+    ) -> Serve {
+        let base = e.dir(name, 0o755);
         let host_dir = base.join("host");
         let stderr_path = base.join("serve.log");
         let log = fs::File::create(&stderr_path).unwrap();
         let child = e
-            .images_command(&images, &["serve"])
+            .images_command(images, &["serve"])
             .env("BROKER_URL", broker_url())
             .env("COMPUTE_WORKER_QUEUE", queue)
             .env("HOST_DIRECTORY", &host_dir)
@@ -187,48 +207,14 @@ pub fn revoke(task_id: &str) {
     );
 }
 
-/// Run args of a prediction step with every bundle on `site`.
+/// Run args of a prediction step as a v1.26 site sends them.
 pub fn prediction_args(site: &FakeSite, image: &str, limit: u64) -> Value {
-    json!({
-        "user_pk": site.user_pk,
-        "submissions_api_url": site.api_url(),
-        "secret": support::site::SECRET,
-        "docker_image": image,
-        "execution_time_limit": limit,
-        "id": site.submission_id,
-        "is_scoring": false,
-        "prediction_result": site.put_url("prediction_result.zip", "application/zip"),
-        "ingestion_program": site.get_url("ingestion_program.zip"),
-        "input_data": site.get_url("input_data.zip"),
-        "ingestion_only_during_scoring": false,
-        "program_data": site.get_url("submission.zip"),
-        "prediction_stdout": site.put_url("prediction_stdout.txt", "application/zip"),
-        "prediction_stderr": site.put_url("prediction_stderr.txt", "application/zip"),
-        "prediction_ingestion_stdout": site.put_url("prediction_ingestion_stdout.txt", "application/zip"),
-        "prediction_ingestion_stderr": site.put_url("prediction_ingestion_stderr.txt", "application/zip"),
-    })
+    site.task(SiteVersion::V126, false, image, limit)
 }
 
+/// Run args of a scoring step as a v1.26 site sends them.
 pub fn scoring_args(site: &FakeSite, image: &str) -> Value {
-    json!({
-        "user_pk": site.user_pk,
-        "submissions_api_url": site.api_url(),
-        "secret": support::site::SECRET,
-        "docker_image": image,
-        "execution_time_limit": 60,
-        "id": site.submission_id,
-        "is_scoring": true,
-        "detailed_results_url": site.put_url("detailed_results.html", "text/html"),
-        "prediction_result": site.get_url("prediction_result.zip"),
-        "scoring_result": site.put_url("scoring_result.zip", "application/zip"),
-        "reference_data": site.get_url("reference_data.zip"),
-        "ingestion_only_during_scoring": false,
-        "program_data": site.get_url("scoring_program.zip"),
-        "scoring_stdout": site.put_url("scoring_stdout.txt", "application/zip"),
-        "scoring_stderr": site.put_url("scoring_stderr.txt", "application/zip"),
-        "scoring_ingestion_stdout": site.put_url("scoring_ingestion_stdout.txt", "application/zip"),
-        "scoring_ingestion_stderr": site.put_url("scoring_ingestion_stderr.txt", "application/zip"),
-    })
+    site.task(SiteVersion::V126, true, image, 60)
 }
 
 pub async fn demo_site(id: u64) -> FakeSite {
@@ -288,7 +274,7 @@ pub async fn publish_fast(conn: &lapin::Connection, queue: &str, run_args: &Valu
     // Declare the queue as Celery does before publishing: a message to a
     // queue nobody declared yet would be dropped.
     let ch = conn.create_channel().await.unwrap();
-    compute_worker::broker::consumer::declare_topology(&ch, queue)
+    compute_worker::broker::connect::declare_topology(&ch, queue)
         .await
         .unwrap();
     let _ = ch.close(200, "ok").await;

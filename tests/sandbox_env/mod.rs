@@ -4,7 +4,8 @@
 //!
 //! As root the tests switch to `$COMPUTE_WORKER_TEST_USER` (default
 //! `cwtest`, created by scripts/dev-setup.sh); as any other user they run
-//! as that user.
+//! as that user. [`env_noids`] is the same for a user with no subordinate
+//! ids (`$COMPUTE_WORKER_TEST_NOIDS_USER`, default `cwnoids`; as root only).
 
 #![allow(dead_code)]
 
@@ -21,7 +22,7 @@ pub struct Env {
     pub user: String,
     pub uid: u32,
     pub gid: u32,
-    /// First subordinate uid of the user.
+    /// First subordinate uid of the user (0 for a user without a range).
     pub subuid_start: u32,
     pub subuid_count: u32,
     /// Copy of the binary where the user can execute it.
@@ -36,9 +37,41 @@ pub struct Env {
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
+static ENV_NOIDS: OnceLock<Env> = OnceLock::new();
 
+/// The test user, with subordinate ids.
 pub fn env() -> &'static Env {
-    ENV.get_or_init(setup)
+    ENV.get_or_init(|| {
+        let as_root = nix::unistd::geteuid().is_root();
+        let user = if as_root {
+            std::env::var("COMPUTE_WORKER_TEST_USER").unwrap_or_else(|_| "cwtest".into())
+        } else {
+            String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout)
+                .trim()
+                .to_string()
+        };
+        setup(user, Ids::Ranges, "")
+    })
+}
+
+/// The test user without subordinate ids (single-id mode).
+pub fn env_noids() -> &'static Env {
+    ENV_NOIDS.get_or_init(|| {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the tests of single-id mode switch to a user without subordinate ids: run them as root"
+        );
+        let user =
+            std::env::var("COMPUTE_WORKER_TEST_NOIDS_USER").unwrap_or_else(|_| "cwnoids".into());
+        setup(user, Ids::None, "noids-")
+    })
+}
+
+/// Whether the test user has subordinate ids.
+#[derive(PartialEq)]
+enum Ids {
+    Ranges,
+    None,
 }
 
 fn id_of(user: &str, flag: &str) -> u32 {
@@ -66,21 +99,27 @@ fn subuid_range(user: &str) -> (u32, u32) {
         })
 }
 
-fn setup() -> Env {
+fn setup(user: String, ids: Ids, tag: &str) -> Env {
     let as_root = nix::unistd::geteuid().is_root();
-    let user = if as_root {
-        std::env::var("COMPUTE_WORKER_TEST_USER").unwrap_or_else(|_| "cwtest".into())
-    } else {
-        String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout)
-            .trim()
-            .to_string()
-    };
     let uid = id_of(&user, "-u");
     let gid = id_of(&user, "-g");
-    let (subuid_start, subuid_count) = subuid_range(&user);
+    let (subuid_start, subuid_count) = match ids {
+        Ids::Ranges => subuid_range(&user),
+        Ids::None => {
+            for f in ["/etc/subuid", "/etc/subgid"] {
+                let text = fs::read_to_string(f).unwrap_or_default();
+                assert!(
+                    !text.lines().any(|l| [user.as_str(), &uid.to_string()]
+                        .contains(&l.split(':').next().unwrap_or(""))),
+                    "`{user}` must have no range in {f}: run `sudo scripts/dev-setup.sh`"
+                );
+            }
+            (0, 0)
+        }
+    };
 
     remove_dead_work_dirs();
-    let work = std::env::temp_dir().join(format!("cw-sandbox-tests-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("cw-sandbox-tests-{tag}{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
     let bin = work.join("compute-worker");
@@ -119,6 +158,7 @@ fn remove_dead_work_dirs() {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("cw-sandbox-tests-"))
+            .map(|n| n.strip_prefix("noids-").unwrap_or(n))
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -140,17 +180,21 @@ pub fn chown_tree(p: &Path, uid: u32, gid: u32) {
 
 /// A directory owned by the test user (mode `mode`) under the work dir.
 pub fn user_dir(name: &str, mode: u32) -> PathBuf {
-    let e = env();
-    let d = e.work.join(name);
-    fs::create_dir_all(&d).unwrap();
-    if e.as_root {
-        chown(&d, Some(e.uid), Some(e.gid)).unwrap();
-    }
-    fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
-    d
+    env().dir(name, mode)
 }
 
 impl Env {
+    /// A directory owned by this user (mode `mode`) under its work dir.
+    pub fn dir(&self, name: &str, mode: u32) -> PathBuf {
+        let d = self.work.join(name);
+        fs::create_dir_all(&d).unwrap();
+        if self.as_root {
+            chown(&d, Some(self.uid), Some(self.gid)).unwrap();
+        }
+        fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+        d
+    }
+
     /// `compute-worker ARGS` as the test user.
     pub fn command(&self, args: &[&str]) -> Command {
         self.command_of(&self.bin, args)

@@ -243,3 +243,27 @@ pub fn connections_over_tls(name: &str) -> Vec<bool> {
         .map(|l| l.split('\t').next() == Some("true"))
         .collect()
 }
+
+/// The Python Celery path to `tests/fixtures/celery/celery_tool.py`
+/// (`CELERY_PYTHON`, default `python3`), with `BROKER_URL` set.
+pub fn celery_tool_command() -> Command {
+    let script = format!(
+        "{}/tests/fixtures/celery/celery_tool.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let python = std::env::var("CELERY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(script).env("BROKER_URL", broker_url());
+    cmd
+}
+
+/// Run `celery_tool.py ARGS` (real Celery 5.6.2); its trimmed stdout.
+pub fn celery_tool(args: &[&str]) -> String {
+    let out = celery_tool_command().args(args).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "celery_tool.py failed (needs `pip install celery==5.6.2 kombu==5.6.2`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

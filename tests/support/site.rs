@@ -41,12 +41,24 @@ use serde_json::{json, Value};
 
 pub const SECRET: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
+/// Which Codabench the fake site plays when it builds a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteVersion {
+    /// Up to v1.26: `program_data`, `ingestion_program`.
+    V126,
+    /// v1.27 and later (with #2443): `submission_data` in both steps,
+    /// `ingestion_program_data`, `scoring_program_data`, `human_in_the_loop`.
+    V127,
+}
+
 /// One recorded PATCH: the form fields in the order sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Patch {
     pub submission_id: u64,
     pub fields: Vec<(String, String)>,
     pub content_type: String,
+    /// When the site received it.
+    pub at: std::time::Instant,
 }
 
 impl Patch {
@@ -65,6 +77,8 @@ pub struct Upload {
     pub content_type: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// When the site received it.
+    pub at: std::time::Instant,
 }
 
 /// One recorded WebSocket text frame.
@@ -84,6 +98,10 @@ struct Inner {
     uploads: Vec<Upload>,
     frames: Vec<WsFrame>,
     bundles: HashMap<String, (Vec<u8>, bool)>,
+    /// `Scoring` PATCHes that queued the scoring step: Codabench queues it
+    /// before it saves the status, so even one it then answers with an
+    /// error has queued it.
+    scorings_queued: u32,
     /// status value → (HTTP code, how many more times)
     status_failures: HashMap<String, (u16, u32)>,
     /// bundle key → (HTTP code, how many more times)
@@ -208,9 +226,108 @@ impl FakeSite {
         self.inner.lock().unwrap().ws_connections
     }
 
+    /// The `run_args` the real site's `_send_to_compute_worker` builds for
+    /// this submission (codabench-protocol.md §2, -v127.md §2): program
+    /// keys only for the bundles the site holds (`submission.zip`,
+    /// `ingestion_program.zip`, `input_data.zip`, `reference_data.zip`,
+    /// `scoring_program.zip`), detailed results enabled, no
+    /// ingestion-only-during-scoring, no human in the loop.
+    pub fn task(&self, version: SiteVersion, is_scoring: bool, image: &str, limit: u64) -> Value {
+        let has = |k: &str| self.inner.lock().unwrap().bundles.contains_key(k);
+        let step = if is_scoring { "scoring" } else { "prediction" };
+        let mut t = serde_json::Map::new();
+        let mut put = |k: &str, v: Value| {
+            t.insert(k.to_string(), v);
+        };
+        put("user_pk", json!(self.user_pk));
+        put("submissions_api_url", json!(self.api_url()));
+        put("secret", json!(SECRET));
+        put("docker_image", json!(image));
+        put("execution_time_limit", json!(limit));
+        put("id", json!(self.submission_id));
+        put("is_scoring", json!(is_scoring));
+        if version == SiteVersion::V127 {
+            put("human_in_the_loop", json!(false));
+        }
+        if is_scoring {
+            put(
+                "detailed_results_url",
+                json!(self.put_url("detailed_results.html", "text/html")),
+            );
+            put(
+                "prediction_result",
+                json!(self.get_url("prediction_result.zip")),
+            );
+            put(
+                "scoring_result",
+                json!(self.put_url("scoring_result.zip", "application/zip")),
+            );
+        } else {
+            put(
+                "prediction_result",
+                json!(self.put_url("prediction_result.zip", "application/zip")),
+            );
+            if has("ingestion_program.zip") {
+                let key = match version {
+                    SiteVersion::V126 => "ingestion_program",
+                    SiteVersion::V127 => "ingestion_program_data",
+                };
+                put(key, json!(self.get_url("ingestion_program.zip")));
+            }
+            if has("input_data.zip") {
+                put("input_data", json!(self.get_url("input_data.zip")));
+            }
+        }
+        if is_scoring && has("reference_data.zip") {
+            put("reference_data", json!(self.get_url("reference_data.zip")));
+        }
+        put("ingestion_only_during_scoring", json!(false));
+        match (version, is_scoring) {
+            (SiteVersion::V126, false) => {
+                put("program_data", json!(self.get_url("submission.zip")))
+            }
+            (SiteVersion::V126, true) => {
+                put("program_data", json!(self.get_url("scoring_program.zip")))
+            }
+            (SiteVersion::V127, _) => {
+                if is_scoring {
+                    put(
+                        "scoring_program_data",
+                        json!(self.get_url("scoring_program.zip")),
+                    );
+                }
+                put("submission_data", json!(self.get_url("submission.zip")));
+            }
+        }
+        for log in ["stdout", "stderr", "ingestion_stdout", "ingestion_stderr"] {
+            let key = format!("{step}_{log}");
+            put(
+                &key,
+                json!(self.put_url(&format!("{key}.txt"), "application/zip")),
+            );
+        }
+        Value::Object(t)
+    }
+
     /// Accepted PATCHes, in order.
     pub fn patches(&self) -> Vec<Patch> {
         self.inner.lock().unwrap().patches.clone()
+    }
+    /// The failure report (the PATCH with a `type`); panics without one.
+    pub fn failure_report(&self) -> Patch {
+        self.patches()
+            .into_iter()
+            .find(|p| p.get("type").is_some())
+            .expect("a failure report")
+    }
+    /// `status_details` of the last `Failed` PATCH; panics without one.
+    pub fn failed_details(&self) -> String {
+        self.patches()
+            .into_iter()
+            .rev()
+            .find(|p| p.get("status") == Some("Failed"))
+            .and_then(|p| p.get("status_details").map(str::to_string))
+            .expect("a Failed status with details")
     }
     /// The `status` values of accepted PATCHes, in order.
     /// `status_details` of the last PATCH (the message a participant reads).
@@ -227,6 +344,10 @@ impl FakeSite {
             .filter_map(|p| p.get("status").map(str::to_string))
             .collect()
     }
+    /// How many times the scoring step was queued (see `Inner`).
+    pub fn scorings_queued(&self) -> u32 {
+        self.inner.lock().unwrap().scorings_queued
+    }
     /// PATCHes answered with an error: (HTTP code, fields).
     pub fn rejected_patches(&self) -> Vec<(u16, Vec<(String, String)>)> {
         self.inner.lock().unwrap().rejected_patches.clone()
@@ -242,6 +363,15 @@ impl FakeSite {
     }
     pub fn ws_frames(&self) -> Vec<WsFrame> {
         self.inner.lock().unwrap().frames.clone()
+    }
+    /// Whether a recorded `kind` frame's message contains `text`.
+    pub fn has_line(&self, kind: &str, text: &str) -> bool {
+        self.ws_frames().iter().any(|f| {
+            f.frame["kind"] == kind
+                && f.frame["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(text))
+        })
     }
     /// Wait (up to 10 s) until the recorded frames satisfy `done`, then
     /// return them: the server records frames asynchronously.
@@ -326,6 +456,9 @@ async fn patch_submission(
         inner.rejected_patches.push((code, fields.clone()));
         return resp;
     }
+    if get("status") == Some("Scoring") {
+        inner.scorings_queued += 1;
+    }
     if let Some(status) = get("status") {
         if let Some((code, left)) = inner.status_failures.get_mut(status) {
             if *left > 0 {
@@ -340,6 +473,7 @@ async fn patch_submission(
         submission_id: id,
         fields: fields.clone(),
         content_type: ct,
+        at: std::time::Instant::now(),
     });
     axum::Json(json!({"id": id, "status": get("status")})).into_response()
 }
@@ -390,6 +524,7 @@ async fn put_object(
         content_type: sent,
         headers,
         body: body.to_vec(),
+        at: std::time::Instant::now(),
     });
     StatusCode::OK.into_response()
 }

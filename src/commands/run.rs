@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LocalRunArgs;
-use crate::job::lifecycle::{self, Ending, Images, Settings, Slot, Step, Uploads, Worker};
+use crate::job::lifecycle::{
+    self, Ending, Images, Protocol, Settings, Slot, Step, Uploads, Worker,
+};
 use crate::job::local::LocalReporter;
 use crate::job::worker_slots::{PlanInput, SlotPlan};
 use crate::sandbox::Network;
@@ -19,31 +21,31 @@ use crate::sandbox::Network;
 const DEMO: &[(&str, &str)] = &[
     (
         "ingestion_program/metadata.yaml",
-        include_str!("../demo/ingestion_program/metadata.yaml"),
+        include_str!("../../demo/ingestion_program/metadata.yaml"),
     ),
     (
         "ingestion_program/ingest.sh",
-        include_str!("../demo/ingestion_program/ingest.sh"),
+        include_str!("../../demo/ingestion_program/ingest.sh"),
     ),
     (
         "input_data/data.txt",
-        include_str!("../demo/input_data/data.txt"),
+        include_str!("../../demo/input_data/data.txt"),
     ),
     (
         "reference_data/truth.txt",
-        include_str!("../demo/reference_data/truth.txt"),
+        include_str!("../../demo/reference_data/truth.txt"),
     ),
     (
         "scoring_program/metadata.yaml",
-        include_str!("../demo/scoring_program/metadata.yaml"),
+        include_str!("../../demo/scoring_program/metadata.yaml"),
     ),
     (
         "scoring_program/score.sh",
-        include_str!("../demo/scoring_program/score.sh"),
+        include_str!("../../demo/scoring_program/score.sh"),
     ),
     (
         "submission/predict.sh",
-        include_str!("../demo/submission/predict.sh"),
+        include_str!("../../demo/submission/predict.sh"),
     ),
 ];
 
@@ -85,8 +87,9 @@ fn busybox_rootfs(state_dir: &Path) -> Result<PathBuf> {
 
 pub fn run(args: LocalRunArgs) -> Result<i32> {
     let limits = args.limits.limits();
-    let sandbox =
-        crate::exec::sandbox_config(&args.sandbox, Some(&limits), crate::exec::Starts::Many)?;
+    let sandbox = args
+        .sandbox
+        .config(Some(&limits), crate::host::Starts::Many)?;
     let results = std::path::absolute(&args.results)?;
     std::fs::create_dir_all(&results)?;
 
@@ -116,10 +119,19 @@ pub fn run(args: LocalRunArgs) -> Result<i32> {
     };
     let (images, image_name) = match (&args.image, &args.rootfs) {
         (Some(reference), _) => (
-            Images::Store(crate::images::open_store(&args.images, &sandbox)?),
+            Images::Store(crate::host::open_store(
+                &args.images.store_settings(),
+                &sandbox,
+            )?),
             reference.clone(),
         ),
-        (None, Some(rootfs)) => (Images::Rootfs(abs(rootfs.clone())?), "local rootfs".into()),
+        (None, Some(rootfs)) => {
+            let rootfs = abs(rootfs.clone())?;
+            if let Some(w) = crate::sandbox::rootfs_tree_warning(&rootfs, &sandbox.maps) {
+                eprintln!("compute-worker run: warning: {w}");
+            }
+            (Images::Rootfs(rootfs), "local rootfs".into())
+        }
         (None, None) if demo => (
             Images::Rootfs(busybox_rootfs(&sandbox.state_dir)?),
             "host busybox".into(),
@@ -134,9 +146,12 @@ pub fn run(args: LocalRunArgs) -> Result<i32> {
         settings: Settings {
             work_dir: results.join("jobs"),
             data_dir: args.data_dir.clone(),
-            network: args.network == Network::Host,
+            network: args.network.network != Network::None,
+            network_mode: args.network.network,
             keep_job_dir: args.keep_job_dirs,
             limits,
+            bounds: args.bounds.bounds(),
+            pull_retry_delay: args.pull_retry.pull_retry_delay,
             slots: SlotPlan::new(PlanInput {
                 slots: 1,
                 use_gpu: args.gpus.is_some(),
@@ -147,6 +162,7 @@ pub fn run(args: LocalRunArgs) -> Result<i32> {
             })?,
             ..Settings::default()
         },
+        bundle_cache: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -228,14 +244,29 @@ async fn run_steps(
     cancel: &CancellationToken,
 ) -> Result<Ending> {
     let iods = args.ingestion_only_during_scoring;
-    let mut bundles = vec![(Slot::Program, s(&b.submission))];
+    let protocol = if args.codabench == "1.27" {
+        Protocol::Current
+    } else {
+        Protocol::Legacy
+    };
+    let (submission, scoring_program_slot) = match protocol {
+        Protocol::Legacy => (Slot::Program, Slot::Program),
+        Protocol::Current => (Slot::Submission, Slot::ScoringProgram),
+    };
+    // In the order the site's tasks name them.
+    let ingestion = |b: &Bundles| {
+        let mut v: Vec<(Slot, String)> = b
+            .ingestion_program
+            .as_deref()
+            .map(|p| (Slot::IngestionProgram, s(p)))
+            .into_iter()
+            .collect();
+        v.extend(b.input_data.as_deref().map(|p| (Slot::InputData, s(p))));
+        v
+    };
+    let mut bundles = vec![(submission, s(&b.submission))];
     if !iods {
-        bundles.extend(
-            b.ingestion_program
-                .as_deref()
-                .map(|p| (Slot::IngestionProgram, s(p))),
-        );
-        bundles.extend(b.input_data.as_deref().map(|p| (Slot::InputData, s(p))));
+        bundles.extend(ingestion(b));
     }
     let prediction = Step {
         submission_id: 1,
@@ -244,25 +275,35 @@ async fn run_steps(
         image: image.to_string(),
         execution_time_limit: args.time_limit,
         ingestion_only_during_scoring: iods,
+        human_in_the_loop: false,
+        protocol,
         bundles,
         uploads: log_uploads("prediction_result.zip", false),
     };
-    let reporter = LocalReporter::new(results.join("prediction"), "prediction")?;
-    let report = lifecycle::run_step(worker, &reporter, &prediction, cancel, None).await;
+    let mut reporter = LocalReporter::new(results.join("prediction"), "prediction")?;
+    reporter.unzip = worker.settings.bounds.unzip();
+    let report = lifecycle::run_step(
+        worker,
+        &reporter,
+        &prediction,
+        cancel,
+        None,
+        std::time::Instant::now(),
+    )
+    .await;
+    summary("prediction", &report);
     if report.ending != Ending::Scoring {
         return Ok(report.ending);
     }
     let Some(scoring_program) = &b.scoring_program else {
         return Ok(Ending::Scoring);
     };
-    let mut bundles = vec![(Slot::Program, s(scoring_program))];
+    let mut bundles = vec![(scoring_program_slot, s(scoring_program))];
+    if protocol == Protocol::Current {
+        bundles.push((Slot::Submission, s(&b.submission)));
+    }
     if iods {
-        bundles.extend(
-            b.ingestion_program
-                .as_deref()
-                .map(|p| (Slot::IngestionProgram, s(p))),
-        );
-        bundles.extend(b.input_data.as_deref().map(|p| (Slot::InputData, s(p))));
+        bundles.extend(ingestion(b));
     }
     bundles.extend(
         b.reference_data
@@ -279,10 +320,26 @@ async fn run_steps(
         uploads: log_uploads("scoring_result.zip", true),
         ..prediction
     };
-    let reporter = LocalReporter::new(results.join("scoring"), "scoring")?;
-    Ok(
-        lifecycle::run_step(worker, &reporter, &scoring, cancel, None)
-            .await
-            .ending,
+    let mut reporter = LocalReporter::new(results.join("scoring"), "scoring")?;
+    reporter.unzip = worker.settings.bounds.unzip();
+    let report = lifecycle::run_step(
+        worker,
+        &reporter,
+        &scoring,
+        cancel,
+        None,
+        std::time::Instant::now(),
     )
+    .await;
+    summary("scoring", &report);
+    Ok(report.ending)
+}
+
+/// A step's summary on the terminal: each program's resources, and where
+/// the time went.
+fn summary(step: &str, report: &lifecycle::StepReport) {
+    for r in &report.resources {
+        eprintln!("[{step}] {r}");
+    }
+    eprintln!("[{step}] {}", report.timings);
 }

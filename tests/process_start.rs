@@ -1,0 +1,148 @@
+//! Every program starts as it would under runc: default signal
+//! dispositions, no blocked signal, no fd beyond 0-2. The Rust runtime of
+//! the worker ignores SIGPIPE, and an ignored signal survives exec: without
+//! the reset, `yes | head` never ends in a sandbox. Checked for `exec`,
+//! `run` and `serve`, each of which starts the sandbox its own way.
+
+mod e2e;
+mod sandbox_env;
+mod support;
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use sandbox_env::{env, user_dir};
+use support::amqp::unique_queue;
+
+/// What a program reports of its start, then the pipeline a SIGPIPE
+/// ignored from the start never ends (busybox's `yes` loops on EPIPE).
+/// The fds are those of a shell started by the program (a shell reading a
+/// script keeps it open, close-on-exec, on fd 10): any fd the program
+/// inherited without close-on-exec shows there.
+const PROBE: &str = "grep -E '^Sig(Ign|Blk)' /proc/self/status; \
+    sh -c 'echo shell-fds:; ls /proc/$$/fd; echo :shell-fds'; \
+    yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 20000000 > /dev/null; echo pipeline-done";
+
+/// Check a probe's output: `where` names the path that started it.
+#[track_caller]
+fn assert_started_clean(out: &str, start: &str) {
+    assert!(
+        out.contains("SigIgn:\t0000000000000000"),
+        "{start}: signals ignored from the start: {out}"
+    );
+    assert!(
+        out.contains("SigBlk:\t0000000000000000"),
+        "{start}: signals blocked from the start: {out}"
+    );
+    let fds: Vec<&str> = out
+        .split("shell-fds:")
+        .nth(1)
+        .and_then(|s| s.split(":shell-fds").next())
+        .map(|s| s.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(fds, ["0", "1", "2"], "{start}: inherited fds: {out}");
+    assert!(
+        out.contains("pipeline-done"),
+        "{start}: yes | head did not end: {out}"
+    );
+}
+
+#[test]
+fn exec_starts_the_program_with_default_signals_and_only_stdio() {
+    let e = env();
+    let t = Instant::now();
+    let r = e.exec(&["--timeout", "30"], &["sh", "-c", PROBE]);
+    assert_started_clean(&format!("{}{}", r.stdout(), r.stderr()), "exec");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // The handler of a signal the program installs itself is its own.
+    let out = e
+        .sh("trap 'echo got' USR1; grep '^SigCgt' /proc/$$/status")
+        .ok();
+    assert!(!out.contains("SigCgt:\t0000000000000000"), "{out}");
+}
+
+#[test]
+fn run_starts_both_programs_with_default_signals_and_only_stdio() {
+    let e = env();
+    let dir = user_dir("proc-start-run", 0o755);
+    let files = [
+        (
+            "ingestion/metadata.yaml",
+            "command: sh $ingestion_program/ingest.sh $output\n".to_string(),
+        ),
+        (
+            "ingestion/ingest.sh",
+            format!("{PROBE}\necho 1 > \"$1/predictions.txt\"\n"),
+        ),
+        ("submission/predict.sh", "echo 1\n".to_string()),
+        (
+            "scoring/metadata.yaml",
+            "command: sh /app/program/score.sh /app/output\n".to_string(),
+        ),
+        (
+            "scoring/score.sh",
+            format!("{PROBE}\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
+        ),
+    ];
+    for (path, text) in &files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+    }
+    sandbox_env::chown_tree(&dir, e.uid, e.gid);
+    let arg = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let rootfs = e.rootfs.to_string_lossy().into_owned();
+    let mut cmd = e.command(&[
+        "run",
+        "--rootfs",
+        &rootfs,
+        "--submission",
+        &arg("submission"),
+        "--ingestion-program",
+        &arg("ingestion"),
+        "--scoring-program",
+        &arg("scoring"),
+        "--results",
+        &arg("results"),
+        "--network",
+        "none",
+        "--time-limit",
+        "30",
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let r = sandbox_env::Run(cmd.output().unwrap());
+    for log in ["prediction/ingestion_stdout.txt", "scoring/stdout.txt"] {
+        let text = fs::read_to_string(dir.join("results").join(log)).unwrap_or_default();
+        assert_started_clean(&text, &format!("run ({log}; {})", r.stderr()));
+    }
+    r.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_the_program_with_default_signals_and_only_stdio() {
+    let queue = unique_queue("e2e-procstart");
+    let serve = Serve::start("serve-procstart", &queue);
+    let site = demo_site(531).await;
+    let sub = user_dir("procstart-submission", 0o755);
+    fs::write(
+        sub.join("probe.sh"),
+        format!("exec > /app/output/predictions.txt 2>&1\n{PROBE}\n"),
+    )
+    .unwrap();
+    let command = "sh /app/program/probe.sh";
+    publish(
+        &queue,
+        &submission_only_args(&site, "procstart-submission", command, 30),
+    );
+    wait_for_status(&site, &serve, "Scoring", 60).await;
+    let up = site
+        .upload("prediction_result.zip")
+        .expect("prediction uploaded");
+    assert_started_clean(
+        &zip_file(&up.body, "predictions.txt"),
+        &format!("serve (log:\n{})", serve.log()),
+    );
+    serve.stop();
+}
