@@ -2,8 +2,9 @@
 //! the rootfs ready: `Sandbox::start` until the program runs, and the full
 //! start → exit → teardown of `true`; with a new user namespace per
 //! sandbox and with one held for all, from a single-threaded caller and
-//! from one with threads (which execs the launcher, as `serve` does). Run by bench/startup.sh as the
-//! unprivileged user:
+//! from one with threads (which execs the launcher, or asks the fork
+//! server for one, as `serve` does). The configurations alternate run by
+//! run. Run by bench/startup.sh as the unprivileged user:
 //!
 //!     sandbox_start <compute-worker binary> <rootfs> <state dir> [runs]
 
@@ -24,9 +25,9 @@ fn main() {
         std::process::exit(2);
     }
     let runs: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(50);
-    // Two configurations, their runs alternating: one that maps a new user
-    // namespace for every sandbox (as `exec` does), one that holds a
-    // mapped namespace for all of them (as `serve`, `run` and pulls do).
+    // A config that maps a new user namespace for every sandbox (as
+    // `exec` does), one that holds a mapped namespace for all of them (as
+    // `serve`, `run` and pulls do), and that one with a fork server.
     let mut fresh =
         SandboxConfig::for_current_user(PathBuf::from(&args[3]), None, Default::default())
             .expect("config");
@@ -34,11 +35,16 @@ fn main() {
     let mut held = fresh.clone();
     held.hold_user_namespace()
         .expect("holding a user namespace");
+    let mut served = held.clone();
+    served
+        .start_fork_server()
+        .expect("starting the fork server");
     let run = RunSpec::new(&args[2], vec!["true".into()]);
-    let round = |label: &str| {
-        let mut times = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    let round = |label: &str, configs: &[(&str, &SandboxConfig)]| {
+        let mut times: Vec<(Vec<Duration>, Vec<Duration>)> =
+            configs.iter().map(|_| Default::default()).collect();
         for _ in 0..runs {
-            for (cfg, (start, total)) in [&fresh, &held].into_iter().zip(times.iter_mut()) {
+            for ((_, cfg), (start, total)) in configs.iter().zip(times.iter_mut()) {
                 let t = Instant::now();
                 let sb = Sandbox::start(cfg, &run, Output::Null, Output::Null).expect("start");
                 start.push(t.elapsed());
@@ -47,26 +53,37 @@ fn main() {
             }
         }
         let ms = |v: Vec<Duration>| median(v).as_secs_f64() * 1e3;
-        for (name, (start, total)) in ["new user namespace", "held user namespace"]
-            .into_iter()
-            .zip(times)
-        {
+        for ((name, _), (start, total)) in configs.iter().zip(times) {
             println!(
-                "library start, {name}, {label} (until the program runs): median {:.1} ms over {runs} runs",
+                "library start, {name}, {label} (until the program runs): median {:.2} ms over {runs} runs",
                 ms(start)
             );
             println!(
-                "library start → exit → teardown of `true`, {name}, {label}: median {:.1} ms",
+                "library start → exit → teardown of `true`, {name}, {label}: median {:.2} ms",
                 ms(total)
             );
         }
     };
     // A single-threaded caller clones the sandbox process (or, with a held
     // namespace, its launcher) from itself.
-    round("one-thread caller");
-    // A caller with threads (`serve`, `run`: tokio) execs the launcher.
+    round(
+        "one-thread caller",
+        &[
+            ("new user namespace", &fresh),
+            ("held user namespace", &held),
+        ],
+    );
+    // A caller with threads (`serve`, `run`: tokio) execs the launcher, or
+    // has the fork server clone it.
     std::thread::spawn(|| loop {
         std::thread::park();
     });
-    round("caller with threads");
+    round(
+        "caller with threads",
+        &[
+            ("new user namespace", &fresh),
+            ("held user namespace, exec'd launcher", &held),
+            ("held user namespace, fork server", &served),
+        ],
+    );
 }

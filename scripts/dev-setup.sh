@@ -32,6 +32,8 @@ apt-get install -y -qq --no-install-recommends \
 # Programs' network (pasta, the default when a competition allows network)
 # and tests/network.rs's test host (ip netns + veth).
 apt-get install -y -qq --no-install-recommends passt iproute2 >/dev/null
+# The peers `compute-worker bench startup` measures against (tests/bench_startup.rs).
+apt-get install -y -qq --no-install-recommends runc crun podman >/dev/null
 
 echo "== /dev/net/tun for pasta"
 # pasta opens /dev/net/tun inside the run's user and network namespaces,

@@ -75,6 +75,49 @@ pub enum Cmd {
     /// Human in the loop: list the scoring jobs a running `serve` holds for
     /// validation, approve or reject one (as the worker's user).
     Hitl(HitlArgs),
+    /// Measure the sandbox against other runtimes (as an ordinary user).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Start-to-exit of a trivial program in compute-worker's sandbox and
+    /// in every runtime on $PATH (runc, crun, youki, podman), interleaved.
+    Startup(BenchStartupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStartupArgs {
+    /// Rounds; each starts every runtime, in a random order.
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Starts of one runtime at once in each round (throughput).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Only these runtimes (comma-separated): floor, compute-worker, runc,
+    /// crun, youki, podman.
+    #[arg(long, value_delimiter = ',')]
+    pub runtimes: Vec<String>,
+    /// Extra compute-worker starts that record where the time goes (0: none).
+    #[arg(long, default_value_t = 20)]
+    pub phase_runs: usize,
+    /// Write the results as JSON to FILE (`-`: standard output, instead of
+    /// the table).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw one distribution per runtime to FILE (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Where the benchmark's files go while it runs (default: the temp
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -510,6 +553,10 @@ pub struct ExecArgs {
     /// Keep what the run wrote (its upper layer) and print where it is.
     #[arg(long)]
     pub keep: bool,
+    /// Write where this start spent its time (JSON: microseconds per phase)
+    /// to FILE; used by `bench startup`.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub phases: Option<PathBuf>,
     /// The command and its arguments (default with --image: its Cmd).
     #[arg(
         trailing_var_arg = true,

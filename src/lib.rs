@@ -4,6 +4,7 @@
 //! The shape is broker → job → sandbox; images come from the separate
 //! `rootfs-cache` crate.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod commands;

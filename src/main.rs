@@ -3,6 +3,8 @@ use clap::{CommandFactory, FromArgMatches};
 use compute_worker::cli::{Cli, Cmd, LogFormat};
 use compute_worker::commands;
 use compute_worker::config::{self, Early};
+use compute_worker::sandbox::phases;
+use tracing_subscriber::prelude::*;
 
 fn main() {
     // The sandbox launcher must start before anything else: it clones, so
@@ -14,6 +16,14 @@ fn main() {
     {
         init_logging(LogFormat::Human, helper::LOG_VAR, helper::LOG_DEFAULT);
         helper::main();
+    }
+    // The fork server that clones launchers for serve and run: likewise.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == compute_worker::sandbox::fork_server::SERVER_ARG)
+    {
+        init_logging(LogFormat::Human, helper::LOG_VAR, helper::LOG_DEFAULT);
+        compute_worker::sandbox::fork_server::main();
     }
     // The supervisor of one run's pasta: single-threaded too.
     if std::env::args_os()
@@ -63,6 +73,7 @@ fn main() {
         Cmd::SetupHost(args) => commands::setup_host::run(*args),
         Cmd::InstallService(args) => commands::install_service::run(args, cli.env_file),
         Cmd::Hitl(args) => commands::hitl::run(args),
+        Cmd::Bench(args) => commands::bench::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),
@@ -76,11 +87,15 @@ fn main() {
 fn init_logging(format: LogFormat, var: &str, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(var)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // The sandbox's phases (trace level: never in the log unless asked
+    // for) go to their recorder whatever the log's filter says.
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(phases::Recorder.with_filter(phases::filter()))
+        .init();
 }

@@ -684,3 +684,113 @@ async fn a_bundle_the_storage_refuses_fails_the_job_naming_it() {
     assert!(site.uploads().is_empty(), "{:?}", site.uploads().len());
     serve.stop();
 }
+
+/// The fork servers whose parent is `pid`.
+fn fork_servers_of(pid: u32) -> Vec<i32> {
+    host_processes("")
+        .iter()
+        .filter(|p| p.contains(" __fork-server"))
+        .filter_map(|p| p.split(':').next()?.parse::<i32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid ...: comm may hold spaces.
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    == Some(pid.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// Issue 15: serve's sandboxes are cloned by a fork server that holds
+/// nothing of the worker's (no variable of its environment beyond a few
+/// harmless ones, so no broker password; no fd beyond stdio and its
+/// socket). Killed, it is started again and the next job runs; it ends
+/// with serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fork_server_holds_no_secrets_and_a_killed_one_is_replaced() {
+    let queue = unique_queue("e2e-forkserver");
+    let secret = "fork-server-must-not-see-this";
+    let serve = Serve::start_with(
+        "serve-forkserver",
+        &queue,
+        &[("COMPUTE_WORKER_TEST_SECRET", secret)],
+    );
+    let site = FakeSite::start(521, 7).await;
+    let t = Instant::now();
+    let mut servers = fork_servers_of(serve.child.id());
+    while servers.is_empty() && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        servers = fork_servers_of(serve.child.id());
+    }
+    assert_eq!(
+        servers.len(),
+        1,
+        "{:?}\n{}",
+        host_processes(""),
+        serve.log()
+    );
+    let server = servers[0];
+    let environ = fs::read(format!("/proc/{server}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains(secret), "{environ}");
+    assert!(!environ.contains("BROKER_URL"), "{environ}");
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{server}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(fds.len(), 4, "stdio and its socket only: {fds:?}");
+
+    publish(
+        &queue,
+        &submission_only_args(&site, "fork-1", "echo one", 60),
+    );
+    wait_for_status(&site, &serve, "Scoring", 60).await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    publish(
+        &queue,
+        &submission_only_args(&site, "fork-2", "echo two", 60),
+    );
+    let t = Instant::now();
+    while site.statuses().iter().filter(|s| *s == "Scoring").count() < 2
+        && t.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = serve.log();
+    assert_eq!(
+        site.statuses().iter().filter(|s| *s == "Scoring").count(),
+        2,
+        "{:?}\n{log}",
+        site.statuses()
+    );
+    assert!(log.contains("fork server restarted"), "{log}");
+    let replaced = fork_servers_of(serve.child.id());
+    assert_eq!(replaced.len(), 1, "{log}");
+    assert_ne!(replaced[0], server);
+    serve.stop();
+    let t = Instant::now();
+    // Gone, or a zombie its new parent has yet to reap.
+    let alive = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        })
+    };
+    while alive(replaced[0]) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the fork server outlived serve"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

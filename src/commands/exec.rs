@@ -24,6 +24,24 @@ pub fn image_run(image: &rootfs_cache::Image, command: Vec<String>) -> Result<Ru
 
 /// Run the command; returns the exit code for the process.
 pub fn run(args: ExecArgs) -> Result<i32> {
+    let began = std::time::Instant::now();
+    if args.phases.is_some() {
+        sandbox::phases::arm();
+    }
+    let phases_file = args.phases.clone();
+    let code = run_command(args)?;
+    if let Some(file) = phases_file {
+        let report = sandbox::phases::Report {
+            phases_us: sandbox::phases::sums(),
+            total_us: sandbox::phases::micros(began.elapsed()),
+        };
+        std::fs::write(&file, serde_json::to_vec(&report)?)?;
+    }
+    Ok(code)
+}
+
+fn run_command(args: ExecArgs) -> Result<i32> {
+    let configuration = sandbox::phases::phase!("configuration");
     let limits = args.limits.limits();
     let cfg = args.sandbox.config(Some(&limits), Starts::One)?;
     // With --image, the lease keeps the image from eviction while it runs.
@@ -71,6 +89,7 @@ pub fn run(args: ExecArgs) -> Result<i32> {
     // Ctrl-C, SIGTERM and SIGHUP stop the sandbox in order: their handlers
     // write to a pipe that the wait below watches (no thread needed).
     let interrupt = interrupt_pipe()?;
+    drop(configuration);
     let sandbox = match Sandbox::start(&cfg, &run, Output::Inherit, Output::Inherit) {
         Ok(s) => s,
         Err(e) => {

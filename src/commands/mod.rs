@@ -2,6 +2,7 @@
 //! file's `run`. Nothing imports a command: what two of them share lives
 //! in the library rooms (`host`, `units`, `job`, `ops`, ...).
 
+pub mod bench;
 pub mod config;
 pub mod doctor;
 pub mod exec;

@@ -11,7 +11,8 @@ use crate::sandbox::{self, Delegation, Limits, SandboxConfig};
 
 /// How many sandbox processes a command starts: one (`exec`), or many
 /// (a job, a pull), for which one user namespace is made and held for all
-/// (see [`SandboxConfig::hold_user_namespace`]).
+/// (see [`SandboxConfig::hold_user_namespace`]) and a fork server clones
+/// the launchers ([`SandboxConfig::start_fork_server`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Starts {
     One,
@@ -41,6 +42,11 @@ pub fn sandbox_config(
     }
     if starts == Starts::Many {
         cfg.hold_user_namespace()?;
+        // A command that starts many sandboxes has threads by then: its
+        // launchers come from the fork server instead of an exec each.
+        if let Err(e) = cfg.start_fork_server() {
+            tracing::warn!("no fork server ({e}); every sandbox start execs the binary");
+        }
     }
     let removed = cfg.clean_stale()?;
     if removed > 0 {

@@ -62,11 +62,11 @@ pub fn main() -> ! {
     exit_with(join_held_userns(join).and_then(|()| launch(join)))
 }
 
-/// Entry point of a launcher cloned from its caller, already in the
-/// caller's held user namespace (see `process.rs`), with its task. Never
-/// returns.
-pub fn main_cloned_launcher(task: Task) -> ! {
-    exit_with(launch_task(task, control_socket(), true))
+/// Entry point of a launcher cloned from its caller (see `process.rs`) or
+/// from the fork server, with its task; `joined` when it is in the held
+/// user namespace already. Never returns.
+pub fn main_cloned_launcher(task: Task, joined: bool) -> ! {
+    exit_with(launch_task(task, control_socket(), joined))
 }
 
 fn join_held_userns(join: bool) -> Result<()> {

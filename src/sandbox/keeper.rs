@@ -28,6 +28,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::{self, Delegation};
 use super::child::pidfd_open;
+use super::phases::{micros, KeeperTimes};
 use super::private_mounts::make_mounts_private;
 use super::rundir::remove_tree;
 use super::spec::{self, CgroupSettings};
@@ -98,6 +99,7 @@ impl Keeper {
         scratch: &Path,
         cgroup_path: Option<&Path>,
     ) -> Result<(Outcome, Measured)> {
+        let setup = Instant::now();
         make_mounts_private()?;
         if self.run.network != Network::Host {
             super::netns::loopback_up().context("bringing up lo in the new network namespace")?;
@@ -127,12 +129,15 @@ impl Keeper {
         });
         let hard = spec::HardLimits::current();
         let resolv_conf = bundle.join("resolv.conf");
+        let mut network_wait = std::time::Duration::ZERO;
         let resolv_conf = if self.run.network == Network::Pasta {
             fs::write(&resolv_conf, super::pasta::resolv_conf())
                 .context("writing the run's resolv.conf")?;
             // The caller starts pasta while we mount: the program must not
             // start before its network is there.
+            let waiting = Instant::now();
             self.wait_network()?;
+            network_wait = waiting.elapsed();
             Some(resolv_conf.as_path())
         } else {
             None
@@ -143,6 +148,8 @@ impl Keeper {
 
         tracing::debug!("rootfs mounted, config.json written");
         let started = Instant::now();
+        // With network, the wait for pasta is the caller's, not the mounts'.
+        let mounts = started.duration_since(setup).saturating_sub(network_wait);
         let mut container = ContainerBuilder::new(self.id.clone(), SyscallType::default())
             .with_root_path(&state)
             .context("libcontainer state directory")?
@@ -177,7 +184,17 @@ impl Keeper {
             .context("starting the container")?;
         tracing::debug!("container created");
         let pid = container.pid().context("the container has no pid")?;
-        wire::send(&mut self.control, &Event::Started { pid: pid.as_raw() })?;
+        let times = KeeperTimes {
+            mounts_us: micros(mounts),
+            init_us: micros(started.elapsed()),
+        };
+        wire::send(
+            &mut self.control,
+            &Event::Started {
+                pid: pid.as_raw(),
+                times,
+            },
+        )?;
 
         let deadline = self.run.timeout.map(|t| started + t);
         let stop = self.wait(pid, deadline, &mut watch, sampler.as_mut())?;

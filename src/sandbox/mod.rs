@@ -11,12 +11,14 @@
 pub mod cgroup;
 mod child;
 mod clone;
+pub mod fork_server;
 pub mod helper;
 pub mod id_mode;
 pub mod idmap;
 mod keeper;
 mod netns;
 pub mod pasta;
+pub mod phases;
 mod private_mounts;
 mod process;
 pub mod rundir;
@@ -76,6 +78,9 @@ pub struct SandboxConfig {
     userns: Option<Arc<userns::HeldUserNamespace>>,
     /// The seccomp filter, loaded (or compiled) at the first run.
     seccomp: Arc<OnceLock<Result<Option<seccomp::Program>, String>>>,
+    /// Clones launchers for a caller with threads (see `fork_server.rs`);
+    /// without it such a caller execs the binary as its launcher.
+    fork_server: Option<Arc<fork_server::ForkServer>>,
 }
 
 #[derive(Debug, Error)]
@@ -136,7 +141,30 @@ impl SandboxConfig {
             id_mode,
             userns: None,
             seccomp: Arc::default(),
+            fork_server: None,
         })
+    }
+
+    /// Start a fork server (see `fork_server.rs`) that every later
+    /// sandbox process of this config (and its clones) is launched by,
+    /// when the caller has threads by then. Call it early: it is an exec
+    /// of the binary, with nothing of this process's memory.
+    pub fn start_fork_server(&mut self) -> Result<(), SandboxError> {
+        if self.fork_server.is_none() {
+            let server = fork_server::ForkServer::start(&self.binary).map_err(|source| {
+                SandboxError::Spawn {
+                    exe: self.binary.clone(),
+                    source,
+                }
+            })?;
+            self.fork_server = Some(Arc::new(server));
+        }
+        Ok(())
+    }
+
+    /// The fork server, when one was started.
+    pub fn fork_server(&self) -> Option<&fork_server::ForkServer> {
+        self.fork_server.as_deref()
     }
 
     /// Make one user namespace with this config's maps and start every
@@ -339,13 +367,18 @@ impl SandboxProcess {
         ];
         let null = dup_high(null.as_raw_fd())?;
         let userns = cfg.userns.as_deref().map(AsFd::as_fd);
-        let started =
-            process::start(&cfg.binary, task, &handed, &null, userns).map_err(|source| {
-                SandboxError::Spawn {
-                    exe: cfg.binary.clone(),
-                    source,
-                }
-            })?;
+        let started = process::start(
+            &cfg.binary,
+            task,
+            &handed,
+            &null,
+            userns,
+            cfg.fork_server.as_deref(),
+        )
+        .map_err(|source| SandboxError::Spawn {
+            exe: cfg.binary.clone(),
+            source,
+        })?;
         drop((handed, null, input));
         drop(theirs);
 
@@ -499,6 +532,7 @@ impl Sandbox {
         stdout: Output,
         stderr: Output,
     ) -> Result<Sandbox, SandboxError> {
+        let configuration = phases::phase!("configuration");
         let seccomp = cfg.seccomp_program()?;
         let rundir = RunDir::create(&cfg.state_dir).map_err(|source| SandboxError::RunDir {
             dir: cfg.state_dir.clone(),
@@ -516,6 +550,8 @@ impl Sandbox {
             cgroup: cfg.cgroup.clone(),
             seccomp,
         };
+        drop(configuration);
+        let user_namespace = phases::phase!("user namespace");
         let started = SandboxProcess::spawn(
             cfg,
             &task,
@@ -525,6 +561,8 @@ impl Sandbox {
             None,
         )
         .and_then(|mut h| {
+            drop(user_namespace);
+            let _setup = phases::phase!("sandbox setup");
             let mut net = None;
             if run.network == Network::Pasta {
                 let connected = pasta::NetStack::start(&cfg.binary, h.pid).and_then(|n| {
@@ -543,7 +581,10 @@ impl Sandbox {
                 }
             }
             let result = match h.next_event() {
-                Ok(Event::Started { pid }) => return Ok((h, pid, net)),
+                Ok(Event::Started { pid, times }) => {
+                    times.record();
+                    return Ok((h, pid, net));
+                }
                 Ok(other) => Err(SandboxError::Lost(format!("unexpected {other:?}"))),
                 Err(e) => Err(e),
             };
@@ -623,10 +664,13 @@ impl Sandbox {
         cfg: &SandboxConfig,
         interrupt: Option<BorrowedFd<'_>>,
     ) -> Result<(Outcome, Usage), SandboxError> {
+        let program = phases::phase!("program");
         let event = match interrupt {
             Some(fd) => self.process.next_event_interruptible(fd),
             None => self.process.next_event(),
         };
+        drop(program);
+        let _teardown = phases::phase!("teardown");
         let result = match event {
             Ok(Event::Finished { outcome, usage }) => Ok((outcome, usage)),
             Ok(other) => Err(SandboxError::Lost(format!("unexpected {other:?}"))),

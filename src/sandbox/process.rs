@@ -32,6 +32,7 @@ use nix::sched::CloneFlags;
 
 use super::child::ChildProcess;
 use super::clone::{clone_with, CloneResult};
+use super::fork_server::{ForkServer, LaunchError};
 use super::wire::{fds, Task};
 
 /// Where the handed fds land in the sandbox process, in order.
@@ -63,24 +64,70 @@ pub enum Started {
 /// every target) and `null` (a /dev/null opened for writing, likewise
 /// numbered high). With `userns`, the sandbox process is made in that user
 /// namespace, always by a launcher.
+///
+/// A caller with threads asks `server` (the fork server) for a launcher
+/// when it has one, and execs the binary as one when it has not, or when
+/// the server cannot be reached (logged).
 pub fn start(
     exe: &Path,
     task: &Task,
     handed: &[OwnedFd; HANDED],
     null: &OwnedFd,
     userns: Option<BorrowedFd<'_>>,
+    server: Option<&ForkServer>,
 ) -> io::Result<Started> {
     let raw = handed.each_ref().map(|f| f.as_raw_fd());
     let null = null.as_raw_fd();
-    match (single_threaded(), userns) {
-        (true, None) => clone_child(task, Becomes::SandboxProcess, raw, null).map(Started::Cloned),
+    match (single_threaded(), userns, server) {
+        (true, None, _) => clone_child(
+            task,
+            Becomes::SandboxProcess,
+            raw,
+            null,
+            CloneFlags::empty(),
+        )
+        .map(Started::Cloned),
         // A launcher cloned from this process joins the held namespace,
         // then does what the exec'd launcher does.
-        (true, Some(userns)) => {
-            clone_child(task, Becomes::Launcher(userns), raw, null).map(Started::ClonedLauncher)
-        }
-        (false, userns) => exec_launcher(exe, raw, userns).map(Started::Launcher),
+        (true, Some(userns), _) => clone_child(
+            task,
+            Becomes::Launcher(Some(userns)),
+            raw,
+            null,
+            CloneFlags::empty(),
+        )
+        .map(Started::ClonedLauncher),
+        (false, userns, Some(server)) => match server.launch(task, raw, null, userns) {
+            Ok(pid) => Ok(Started::ClonedLauncher(ChildProcess::from_pid(pid))),
+            Err(LaunchError::Unavailable(why)) => {
+                tracing::warn!(
+                    "the fork server is unavailable ({why}); starting this sandbox by exec"
+                );
+                exec_launcher(exe, raw, userns).map(Started::Launcher)
+            }
+            Err(LaunchError::Lost(e)) => Err(e),
+        },
+        (false, userns, None) => exec_launcher(exe, raw, userns).map(Started::Launcher),
     }
+}
+
+/// The fork server's side of [`start`]: clone a launcher for `task` that
+/// is the *caller's* child (`CLONE_PARENT`), joining `userns` first when
+/// given; returns its pid.
+pub(super) fn clone_launcher_for_caller(
+    task: &Task,
+    raw: [RawFd; HANDED],
+    null: RawFd,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<nix::unistd::Pid> {
+    clone_child(
+        task,
+        Becomes::Launcher(userns),
+        raw,
+        null,
+        CloneFlags::CLONE_PARENT,
+    )
+    .map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
 }
 
 /// True when this process has exactly one thread: a copy of it may then go
@@ -93,31 +140,34 @@ fn single_threaded() -> bool {
 enum Becomes<'a> {
     /// The task's sandbox process.
     SandboxProcess,
-    /// A launcher in the held user namespace it joins first.
-    Launcher(BorrowedFd<'a>),
+    /// A launcher, in the held user namespace it joins first when given.
+    Launcher(Option<BorrowedFd<'a>>),
 }
 
-/// Clone this single-threaded process for `task`. The child joins the held
-/// user namespace when it becomes a launcher, takes the handed fds as an
-/// exec'd process would, and never returns.
+/// Clone this single-threaded process for `task` (with `extra` flags). The
+/// child joins the held user namespace when it becomes a launcher with
+/// one, takes the handed fds as an exec'd process would, and never
+/// returns.
 fn clone_child(
     task: &Task,
     becomes: Becomes<'_>,
     raw: [RawFd; HANDED],
     null: RawFd,
+    extra: CloneFlags,
 ) -> io::Result<ChildProcess> {
-    let flags = match becomes {
-        Becomes::SandboxProcess => task.clone_flags(),
-        Becomes::Launcher(_) => CloneFlags::empty(),
-    };
+    let flags = extra
+        | match becomes {
+            Becomes::SandboxProcess => task.clone_flags(),
+            Becomes::Launcher(_) => CloneFlags::empty(),
+        };
     // SAFETY: this process has a single thread (checked just before, and
     // only this thread could have started another since), and the child
     // never returns from the helper's entry points.
     match unsafe { clone_with(flags) }? {
         CloneResult::Child => {
             let ready = match becomes {
-                Becomes::SandboxProcess => Ok(()),
-                Becomes::Launcher(userns) => super::userns::join(userns).map_err(|e| {
+                Becomes::SandboxProcess | Becomes::Launcher(None) => Ok(()),
+                Becomes::Launcher(Some(userns)) => super::userns::join(userns).map_err(|e| {
                     io::Error::new(e.kind(), format!("joining the user namespace: {e}"))
                 }),
             }
@@ -130,7 +180,9 @@ fn clone_child(
             }
             match becomes {
                 Becomes::SandboxProcess => super::helper::main_cloned(task.clone()),
-                Becomes::Launcher(_) => super::helper::main_cloned_launcher(task.clone()),
+                Becomes::Launcher(userns) => {
+                    super::helper::main_cloned_launcher(task.clone(), userns.is_some())
+                }
             }
         }
         CloneResult::Parent(pid) => Ok(ChildProcess::from_pid(pid)),

@@ -21,11 +21,23 @@ use nix::unistd::Pid;
 /// in a process group of its own, with default signal dispositions and no
 /// blocked signal, and this process's environment.
 pub fn spawn(exe: &Path, args: &[&OsStr], fds: &[(RawFd, RawFd)]) -> io::Result<Pid> {
+    spawn_with_env(exe, args, fds, |_| true)
+}
+
+/// [`spawn`], with only the variables of this process's environment that
+/// `keep` accepts (by name).
+pub fn spawn_with_env(
+    exe: &Path,
+    args: &[&OsStr],
+    fds: &[(RawFd, RawFd)],
+    keep: impl Fn(&OsStr) -> bool,
+) -> io::Result<Pid> {
     let path = c_string(exe.as_os_str())?;
     let argv: Vec<CString> = std::iter::once(Ok(path.clone()))
         .chain(args.iter().map(|a| c_string(a)))
         .collect::<io::Result<_>>()?;
     let envp: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| keep(k))
         .map(|(k, v)| {
             let mut kv = k;
             kv.push("=");

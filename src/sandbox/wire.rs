@@ -97,8 +97,12 @@ pub enum Event {
     /// caller's pid namespace); in a new user namespace it waits for its
     /// id maps, in a held one it goes on at once.
     Cloned { pid: i32 },
-    /// The program runs; `pid` is its pid in the keeper's pid namespace.
-    Started { pid: i32 },
+    /// The program runs; `pid` is its pid in the keeper's pid namespace;
+    /// `times` is what the keeper's part of the start took.
+    Started {
+        pid: i32,
+        times: super::phases::KeeperTimes,
+    },
     /// The program and everything it started are gone.
     Finished { outcome: Outcome, usage: Usage },
     /// The sandbox could not be set up; `code` is the exit code to use.

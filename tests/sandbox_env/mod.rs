@@ -204,7 +204,8 @@ impl Env {
     /// (`bin` must be a build of compute-worker the user can execute).
     pub fn command_of(&self, bin: &Path, args: &[&str]) -> Command {
         let mut cmd = if self.as_root {
-            let mut c = Command::new("setpriv");
+            // By its path: a test may give the command a $PATH of its own.
+            let mut c = Command::new(which::which("setpriv").expect("setpriv (util-linux)"));
             c.arg(format!("--reuid={}", self.uid))
                 .arg(format!("--regid={}", self.gid))
                 .arg("--init-groups")
