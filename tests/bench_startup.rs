@@ -14,7 +14,15 @@ use serde_json::Value;
 
 use sandbox_env::{env, Run};
 
-const KNOWN: [&str; 6] = ["floor", "compute-worker", "runc", "crun", "youki", "podman"];
+const KNOWN: [&str; 7] = [
+    "floor",
+    "compute-worker",
+    "compute-worker-serve-path",
+    "runc",
+    "crun",
+    "youki",
+    "podman",
+];
 
 /// `bench startup ARGS --json FILE` as the test user with `path` as its
 /// $PATH: the process's output and the document.
@@ -33,6 +41,12 @@ fn bench(name: &str, path: &str, args: &[&str]) -> (Run, Option<Value>) {
         .ok()
         .map(|b| serde_json::from_slice(&b).unwrap());
     (run, doc)
+}
+
+fn names_of(list: &[Value], key: &str) -> Vec<String> {
+    list.iter()
+        .map(|r| r[key].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn names(list: &Value) -> Vec<String> {
@@ -112,41 +126,56 @@ fn bench_startup_writes_the_documented_schema_and_a_plot() {
             "{out}"
         );
     }
-    let phases: Vec<&str> = doc["phases"]["median_ms"]
+    // One breakdown per compute-worker runtime: exec, and the serve path
+    // (in this process, through the fork server).
+    assert!(
+        measured.contains(&"compute-worker-serve-path".to_string()),
+        "{doc:#}"
+    );
+    let serve_path = doc["runtimes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        phases,
-        [
-            "process start and exit",
-            "configuration",
-            "user namespace",
-            "keeper",
-            "mounts",
-            "libcontainer init",
-            "program",
-            "teardown",
-            "other"
-        ]
+        .find(|r| r["name"] == "compute-worker-serve-path")
+        .unwrap();
+    assert!(
+        serve_path["note"].as_str().unwrap().contains("fork server"),
+        "{serve_path}"
     );
-    assert_eq!(doc["phases"]["runs"], 2);
-    for p in doc["phases"]["median_ms"].as_array().unwrap() {
-        assert!(p["ms"].as_f64().unwrap() >= 0.0, "{p}");
-    }
-    // Where a start goes: each phase the sandbox has took some time.
-    for name in ["user namespace", "mounts", "libcontainer init", "program"] {
-        let ms = doc["phases"]["median_ms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()["ms"]
-            .as_f64()
-            .unwrap();
-        assert!(ms > 0.0, "{name}: {doc:#}");
+    let breakdowns = doc["phases"].as_array().unwrap();
+    assert_eq!(
+        names_of(breakdowns, "runtime"),
+        ["compute-worker", "compute-worker-serve-path"]
+    );
+    for b in breakdowns {
+        assert_eq!(b["runs"], 2);
+        let phases = b["median_ms"].as_array().unwrap();
+        assert_eq!(
+            names_of(phases, "name"),
+            [
+                "process start and exit",
+                "configuration",
+                "user namespace",
+                "keeper",
+                "mounts",
+                "libcontainer init",
+                "program",
+                "teardown",
+                "other"
+            ]
+        );
+        let ms = |name: &str| {
+            phases.iter().find(|p| p["name"] == name).unwrap()["ms"]
+                .as_f64()
+                .unwrap()
+        };
+        for p in phases {
+            assert!(p["ms"].as_f64().unwrap() >= 0.0, "{p}");
+        }
+        // Where a start goes: each phase the sandbox has took some time.
+        for name in ["user namespace", "mounts", "libcontainer init", "program"] {
+            assert!(ms(name) > 0.0, "{name}: {b:#}");
+        }
     }
     assert_eq!(doc["leftovers"]["run_dirs"], 0, "{doc:#}");
     assert_eq!(doc["leftovers"]["processes"], 0, "{doc:#}");
@@ -185,7 +214,10 @@ fn bench_startup_says_why_it_skipped_each_runtime() {
     let out = run.ok();
     let doc = doc.expect("no JSON written");
     assert_all_accounted_for(&doc);
-    assert_eq!(names(&doc["runtimes"]), ["floor", "compute-worker"]);
+    assert_eq!(
+        names(&doc["runtimes"]),
+        ["floor", "compute-worker", "compute-worker-serve-path"]
+    );
     let reason = |name: &str| {
         doc["skipped"]
             .as_array()
@@ -209,7 +241,7 @@ fn bench_startup_says_why_it_skipped_each_runtime() {
         assert!(m["ratio_of_medians"].is_null(), "{m}");
         assert_eq!(m["samples_ms"].as_array().unwrap().len(), 4, "{m}");
     }
-    assert!(doc["phases"].is_null());
+    assert_eq!(doc["phases"], serde_json::json!([]));
     assert!(out.contains("skipped runc: a trial start failed"), "{out}");
     assert_eq!(doc["leftovers"]["processes"], 0, "{doc:#}");
 }

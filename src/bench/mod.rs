@@ -3,16 +3,17 @@
 //! in a random order per round so that load falls on all of them alike.
 //!
 //! `program.rs` writes the program and its rootfs, `runtimes.rs` finds and
-//! tries the runtimes, `stats.rs` summarises, `report.rs` is the JSON
-//! document and the table, `plot.rs` the SVG.
+//! tries the runtimes, `breakdown.rs` reads where compute-worker's starts
+//! go, `stats.rs` summarises, `report.rs` is the JSON document and the
+//! table, `plot.rs` the SVG.
 
+pub mod breakdown;
 pub mod plot;
 pub mod program;
 pub mod report;
 pub mod runtimes;
 pub mod stats;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,8 @@ use std::os::unix::fs::DirBuilderExt;
 
 use anyhow::{bail, Context, Result};
 
-use crate::sandbox::phases;
-use report::{Host, Leftovers, Load, Measured, Phase, Phases, Report, SCHEMA};
+use crate::sandbox::SandboxConfig;
+use report::{Host, Leftovers, Load, Measured, Report, SCHEMA};
 use runtimes::{Runtime, Skipped, Workdir};
 
 /// What to measure.
@@ -33,7 +34,8 @@ pub struct Options {
     pub parallel: usize,
     /// Only these runtimes (all found when empty).
     pub runtimes: Vec<String>,
-    /// Extra `compute-worker exec` starts that record their phases.
+    /// Extra starts of each compute-worker runtime that record their
+    /// phases.
     pub phase_runs: usize,
     /// Where the benchmark's directory goes (default: the temp directory).
     pub dir: Option<PathBuf>,
@@ -48,8 +50,15 @@ impl Drop for Scratch {
     }
 }
 
-/// Run the benchmark; `progress` hears what it is doing.
-pub fn startup(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> {
+/// Run the benchmark; `progress` hears what it is doing. `library` makes
+/// the sandbox configuration of the in-process runtime for a state
+/// directory (a held user namespace and a fork server, as `serve` has), or
+/// says why there is none.
+pub fn startup(
+    opts: &Options,
+    library: impl FnOnce(&Path) -> Result<SandboxConfig, String>,
+    mut progress: impl FnMut(&str),
+) -> Result<Report> {
     if nix::unistd::geteuid().is_root() {
         bail!(
             "bench startup measures rootless starts: run it as the user that runs the \
@@ -80,7 +89,18 @@ pub fn startup(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report>
     let exec_args = ["--state-dir".to_string(), work.state.display().to_string()];
 
     progress("trying each runtime once");
-    let (runtimes, mut skipped) = runtimes::discover(work, &self_exe, &exec_args, &opts.runtimes)?;
+    let (runtimes, mut skipped) = runtimes::discover(
+        work,
+        &self_exe,
+        &exec_args,
+        library(&work.state),
+        &opts.runtimes,
+    )?;
+    // The in-process runtime starts sandboxes as serve's job runner does,
+    // from a process with threads (through the fork server): keep one.
+    let _thread = std::thread::spawn(|| loop {
+        std::thread::park();
+    });
     if runtimes.is_empty() {
         bail!("no runtime to measure: {}", describe(&skipped));
     }
@@ -99,15 +119,21 @@ pub fn startup(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report>
     let rounds = measure(&runtimes, opts);
     let after = loadavg();
 
-    let phases = if opts.phase_runs > 0 && runtimes.iter().any(|r| r.name == "compute-worker") {
-        progress(&format!(
-            "{} starts recording their phases",
-            opts.phase_runs
-        ));
-        Some(phase_breakdown(&runtimes, work, opts.phase_runs)?)
-    } else {
-        None
-    };
+    let mut phases = Vec::new();
+    if opts.phase_runs > 0 {
+        for rt in &runtimes {
+            let breakdown = match rt.name.as_str() {
+                "compute-worker" => breakdown::of_exec(rt, &work.dir, opts.phase_runs),
+                runtimes::SERVE_PATH => breakdown::of_in_process(rt, opts.phase_runs),
+                _ => continue,
+            };
+            progress(&format!(
+                "{} starts of {} recording their phases",
+                opts.phase_runs, rt.name
+            ));
+            phases.push(breakdown?);
+        }
+    }
     let leftovers = leftovers(&work.state);
 
     let runc = rounds
@@ -269,83 +295,6 @@ fn measure<'a>(runtimes: &'a [Runtime], opts: &Options) -> Vec<Rounds<'a>> {
         }
     }
     rounds
-}
-
-/// The phases every `compute-worker exec` start goes through, in order.
-const PHASE_ORDER: [&str; 7] = [
-    "configuration",
-    "user namespace",
-    "keeper",
-    "mounts",
-    "libcontainer init",
-    "program",
-    "teardown",
-];
-
-/// `runs` more starts of compute-worker with `--phases`: the median of
-/// each phase, with the process's own start and exit (the wall time
-/// outside `exec`'s code) first.
-fn phase_breakdown(runtimes: &[Runtime], work: &Workdir, runs: usize) -> Result<Phases> {
-    let cw = runtimes
-        .iter()
-        .find(|r| r.name == "compute-worker")
-        .context("compute-worker is not measured")?;
-    let file = work.dir.join("phases.json");
-    let mut argv = cw.argv.clone();
-    argv.splice(2..2, ["--phases".to_string(), file.display().to_string()]);
-    let with_phases = Runtime {
-        name: cw.name.clone(),
-        argv,
-        note: None,
-    };
-    let mut per_phase: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for _ in 0..runs {
-        let wall = with_phases
-            .start_once()
-            .map_err(|e| anyhow::anyhow!("compute-worker exec --phases: {e}"))?;
-        let text = std::fs::read(&file).context("reading exec's phases")?;
-        let report: phases::Report = serde_json::from_slice(&text)?;
-        let us = |name: &str| report.phases_us.get(name).copied().unwrap_or(0) as f64;
-        let ms = |us: f64| us / 1e3;
-        let setup = us("sandbox setup");
-        let keeper = (setup - us("mounts") - us("libcontainer init")).max(0.0);
-        let caller: f64 = [
-            "configuration",
-            "user namespace",
-            "sandbox setup",
-            "program",
-            "teardown",
-        ]
-        .iter()
-        .map(|n| us(n))
-        .sum();
-        let mut add = |name: &'static str, v: f64| per_phase.entry(name).or_default().push(v);
-        add(
-            "process start and exit",
-            (wall.as_secs_f64() * 1e3 - ms(report.total_us as f64)).max(0.0),
-        );
-        for name in PHASE_ORDER {
-            let v = match name {
-                "keeper" => keeper,
-                n => us(n),
-            };
-            add(name, ms(v));
-        }
-        add("other", ms((report.total_us as f64 - caller).max(0.0)));
-    }
-    let names = ["process start and exit"]
-        .into_iter()
-        .chain(PHASE_ORDER)
-        .chain(["other"]);
-    Ok(Phases {
-        runs,
-        median_ms: names
-            .map(|n| Phase {
-                name: n.to_string(),
-                ms: stats::median(per_phase.get(n).map_or(&[][..], Vec::as_slice)),
-            })
-            .collect(),
-    })
 }
 
 /// /proc/loadavg's three figures (zeros where unreadable).

@@ -24,8 +24,9 @@ pub struct Report {
     /// Measured runtimes, in the order of `runtimes::KNOWN`.
     pub runtimes: Vec<Measured>,
     pub skipped: Vec<Skipped>,
-    /// `compute-worker exec`'s start broken down, from its tracing spans.
-    pub phases: Option<Phases>,
+    /// compute-worker's starts broken down, from their tracing spans: one
+    /// entry per compute-worker runtime measured.
+    pub phases: Vec<Phases>,
     /// What compute-worker left behind after every start had ended.
     pub leftovers: Leftovers,
 }
@@ -75,7 +76,9 @@ pub struct Measured {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Phases {
-    /// Starts measured with `exec --phases` (after the rounds, not in them).
+    pub runtime: String,
+    /// Starts measured with their phases recorded (after the rounds, not
+    /// in them).
     pub runs: usize,
     /// Median milliseconds per phase, in the order a start goes through them.
     pub median_ms: Vec<Phase>,
@@ -146,11 +149,11 @@ impl Report {
                 ""
             }
         );
-        if let Some(p) = &self.phases {
+        for p in &self.phases {
             let _ = writeln!(
                 t,
-                "\ncompute-worker exec, where a start goes (median of {} starts):\n",
-                p.runs
+                "\n{}, where a start goes (median of {} starts):\n",
+                p.runtime, p.runs
             );
             t.push_str("| phase | ms |\n|---|---:|\n");
             for ph in &p.median_ms {

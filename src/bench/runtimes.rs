@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -15,11 +16,20 @@ use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, RootBuilder, 
 use serde::{Deserialize, Serialize};
 
 use super::program::PATH_IN_ROOTFS;
+use crate::sandbox::{Output, RunSpec, Sandbox, SandboxConfig};
 
 /// The OCI runtimes looked for on `$PATH`, in the order reported.
 pub const OCI_RUNTIMES: [&str; 3] = ["runc", "crun", "youki"];
 /// Every runtime the benchmark knows, in the order reported.
-pub const KNOWN: [&str; 6] = ["floor", "compute-worker", "runc", "crun", "youki", "podman"];
+pub const KNOWN: [&str; 7] = [
+    "floor",
+    "compute-worker",
+    SERVE_PATH,
+    "runc",
+    "crun",
+    "youki",
+    "podman",
+];
 
 /// How long one start may take before it counts as hung (and is killed).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,11 +45,25 @@ pub struct Skipped {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub name: String,
-    /// The command line of one start, with `{id}` for the container id.
+    /// The command line of one start, with `{id}` for the container id
+    /// (for the in-process one, what it does).
     pub argv: Vec<String>,
     /// How it was set up, when that is worth saying.
     pub note: Option<String>,
+    /// Started in this process through the library, not as a command.
+    pub in_process: Option<Arc<InProcess>>,
 }
+
+/// The sandbox library as `serve`'s job runner uses it: a held user
+/// namespace and the fork server, from a caller with threads.
+#[derive(Debug)]
+pub struct InProcess {
+    pub cfg: SandboxConfig,
+    pub run: RunSpec,
+}
+
+/// The name of the in-process runtime.
+pub const SERVE_PATH: &str = "compute-worker-serve-path";
 
 /// Where the benchmark keeps its files.
 pub struct Workdir {
@@ -75,7 +99,22 @@ impl Runtime {
 
     /// One start: its wall time, or why it failed.
     pub fn start_once(&self) -> Result<Duration, String> {
-        time_command(self.command())
+        match &self.in_process {
+            Some(p) => start_in_process(p),
+            None => time_command(self.command()),
+        }
+    }
+}
+
+/// `Sandbox::start` to the end of its teardown.
+fn start_in_process(p: &InProcess) -> Result<Duration, String> {
+    let began = Instant::now();
+    let sandbox =
+        Sandbox::start(&p.cfg, &p.run, Output::Null, Output::Null).map_err(|e| e.to_string())?;
+    match sandbox.wait(&p.cfg) {
+        Ok(o) if o.success() => Ok(began.elapsed()),
+        Ok(o) => Err(format!("it failed ({o})")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -127,11 +166,13 @@ pub fn time_command(mut cmd: Command) -> Result<Duration, String> {
 
 /// Find, set up and try every runtime of `wanted` (all known ones when
 /// empty). `self_exe` is this binary, `sandbox_args` what its `exec` gets
-/// before `--rootfs`.
+/// before `--rootfs`; `library` the sandbox configuration of the
+/// in-process runtime (or why there is none).
 pub fn discover(
     work: &Workdir,
     self_exe: &Path,
     sandbox_args: &[String],
+    library: Result<SandboxConfig, String>,
     wanted: &[String],
 ) -> Result<(Vec<Runtime>, Vec<Skipped>)> {
     if let Some(w) = wanted.iter().find(|w| !KNOWN.contains(&w.as_str())) {
@@ -150,6 +191,7 @@ pub fn discover(
             name: "floor".into(),
             argv: vec![program_on_host],
             note: Some("the program itself, no sandbox".into()),
+            in_process: None,
         },
         Runtime {
             name: "compute-worker".into(),
@@ -164,8 +206,31 @@ pub fn discover(
                 ])
                 .collect(),
             note: None,
+            in_process: None,
         },
     ];
+    match library {
+        Ok(cfg) => found.push(Runtime {
+            name: SERVE_PATH.into(),
+            argv: vec!["Sandbox::start, wait, teardown, in this process".into()],
+            note: Some(format!(
+                "held user namespace, {}",
+                if cfg.fork_server().is_some() {
+                    "launchers from the fork server"
+                } else {
+                    "exec'd launchers (no fork server)"
+                }
+            )),
+            in_process: Some(Arc::new(InProcess {
+                run: RunSpec::new(&work.rootfs, vec![PATH_IN_ROOTFS.into()]),
+                cfg,
+            })),
+        }),
+        Err(why) => skipped.push(Skipped {
+            name: SERVE_PATH.into(),
+            reason: why,
+        }),
+    }
     let bundle = work.bundle();
     let mut bundle_written = false;
     for name in OCI_RUNTIMES {
@@ -190,6 +255,7 @@ pub fn discover(
                 "{id}".into(),
             ],
             note: None,
+            in_process: None,
         });
     }
     let podman = which::which("podman").ok();
@@ -271,6 +337,7 @@ fn try_podman(
         name: "podman".into(),
         argv: argv(&[]),
         note: None,
+        in_process: None,
     };
     let first = match plain.start_once() {
         Ok(_) => return runtimes.push(plain),
@@ -283,6 +350,7 @@ fn try_podman(
             note: Some(format!(
                 "with --runtime runc: its default runtime failed ({first})"
             )),
+            in_process: None,
         };
         if with_runc.start_once().is_ok() {
             return runtimes.push(with_runc);

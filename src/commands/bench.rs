@@ -17,7 +17,18 @@ pub fn run(args: BenchArgs) -> Result<i32> {
         phase_runs: a.phase_runs,
         dir: a.dir,
     };
-    let report = bench::startup(&opts, |what| eprintln!("bench startup: {what}"))?;
+    // The in-process runtime: the sandbox as serve's job runner has it.
+    let library = |state: &Path| {
+        crate::host::sandbox_config(
+            Some(state.to_path_buf()),
+            None,
+            Default::default(),
+            None,
+            crate::host::Starts::Many,
+        )
+        .map_err(|e| format!("{e:#}"))
+    };
+    let report = bench::startup(&opts, library, |what| eprintln!("bench startup: {what}"))?;
     let json_to_stdout = a.json.as_deref() == Some(Path::new("-"));
     match &a.json {
         Some(_) if json_to_stdout => println!("{}", serde_json::to_string_pretty(&report)?),
