@@ -146,3 +146,86 @@ async fn serve_starts_the_program_with_default_signals_and_only_stdio() {
     );
     serve.stop();
 }
+
+/// The container's init never runs image code before the program's exec.
+/// Without HOME in the run's environment, libcontainer looks it up with
+/// glibc's `getpwuid`, in the init, after the pivot into the image and
+/// before the seccomp filter: glibc keeps the host's NSS configuration
+/// (it does not reload it under a new root) but loads the modules it names
+/// (`systemd` on Debian) from the image's library directories (runc reads
+/// /etc/passwd itself). HOME still comes from the image's /etc/passwd, as
+/// with Docker, and is `/` for a user it lacks.
+#[test]
+fn an_images_nss_module_never_runs_in_the_container_init() {
+    let e = env();
+    let dir = user_dir("proc-start-nss", 0o755);
+    let rootfs = dir.join("rootfs");
+    if !rootfs.exists() {
+        test_support::build_busybox_rootfs(&rootfs);
+        fs::write(rootfs.join("etc/nsswitch.conf"), "passwd: evil files\n").unwrap();
+        let module = dir.join("nss_evil.c");
+        fs::write(
+            &module,
+            "#include <unistd.h>\n\
+             __attribute__((constructor)) static void evil(void) {\n\
+               static const char m[] = \"the image's NSS module ran\\n\";\n\
+               write(2, m, sizeof m - 1);\n\
+             }\n",
+        )
+        .unwrap();
+        // Every passwd module the host's glibc may load, and the image's own.
+        let host = fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+        let mut modules: Vec<String> = host
+            .lines()
+            .filter_map(|l| l.strip_prefix("passwd:"))
+            .flat_map(|l| l.split_whitespace().map(str::to_string))
+            .filter(|m| m != "files" && !m.starts_with('['))
+            .collect();
+        modules.extend(["systemd".to_string(), "evil".to_string()]);
+        for lib in [
+            "lib",
+            "lib64",
+            "usr/lib",
+            "lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu",
+        ] {
+            let d = rootfs.join(lib);
+            fs::create_dir_all(&d).unwrap();
+            for m in &modules {
+                let status = std::process::Command::new("gcc")
+                    .args(["-shared", "-fPIC", "-o"])
+                    .arg(d.join(format!("libnss_{m}.so.2")))
+                    .arg(&module)
+                    .status()
+                    .expect("gcc (scripts/dev-setup.sh installs it)");
+                assert!(status.success());
+            }
+        }
+        sandbox_env::chown_tree(&dir, e.uid, e.gid);
+    }
+    let root = rootfs.to_string_lossy().into_owned();
+    for (user, home) in [("0", "/root"), ("1000", "/home"), ("4321", "/")] {
+        let r = sandbox_env::Run(
+            e.command(&[
+                "exec",
+                "--rootfs",
+                &root,
+                "--user",
+                user,
+                "--",
+                "sh",
+                "-c",
+                "echo HOME=$HOME",
+            ])
+            .output()
+            .unwrap(),
+        );
+        let out = r.ok();
+        assert!(
+            !r.stderr().contains("NSS module ran"),
+            "user {user}: image code ran in the container's init: {}",
+            r.stderr()
+        );
+        assert_eq!(out.trim(), format!("HOME={home}"), "user {user}");
+    }
+}

@@ -1,20 +1,11 @@
 //! The image's `User` as numeric ids: `uid[:gid]` as is, names looked up
-//! in the image's own `/etc/passwd` and `/etc/group`, as `docker run` does.
-//!
-//! The files are image content (hostile input): each is opened beneath its
-//! layer directory with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
-//! so no symlink is followed (in or out of the rootfs), must be a regular
-//! file, and is read up to [`MAX_DB_BYTES`].
+//! in the image's own `/etc/passwd` and `/etc/group`, as `docker run` does
+//! (read as hostile input by `sandbox::image_files`).
 
-use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-
-/// Largest `/etc/passwd` or `/etc/group` read.
-pub const MAX_DB_BYTES: u64 = 4 << 20;
+pub use crate::sandbox::image_files::MAX_DB_BYTES;
+use crate::sandbox::image_files::{lookup, read_db, Unreadable};
 
 /// Why a `User` could not be turned into ids.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +22,15 @@ pub enum UserError {
         name: String,
         line: String,
     },
+}
+
+impl From<Unreadable> for UserError {
+    fn from(u: Unreadable) -> Self {
+        UserError::Unreadable {
+            path: u.path,
+            reason: u.reason,
+        }
+    }
 }
 
 fn found_in(present: &bool) -> &'static str {
@@ -98,90 +98,6 @@ fn parse_id(s: &str, path: &str, name: &str, fields: &[String]) -> Result<u32, U
         name: name.into(),
         line: fields.join(":"),
     })
-}
-
-/// The first line of `rel` (colon-separated, at least 4 fields) for which
-/// `pick` holds.
-fn lookup(
-    layers: &[PathBuf],
-    rel: &str,
-    pick: impl Fn(&[String]) -> bool,
-) -> Result<Option<Vec<String>>, UserError> {
-    let Some(text) = read_db(layers, rel)? else {
-        return Ok(None);
-    };
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
-        .filter(|f| f.len() >= 4)
-        .find(|f| pick(f)))
-}
-
-/// The text of `rel` as the merged rootfs shows it: from the top-most layer
-/// that has it; `None` when no layer has it or a whiteout hides it.
-fn read_db(layers: &[PathBuf], rel: &str) -> Result<Option<String>, UserError> {
-    let unreadable = |reason: String| UserError::Unreadable {
-        path: format!("/{rel}"),
-        reason,
-    };
-    for layer in layers {
-        let Some(file) = open_beneath(layer, rel).map_err(|e| unreadable(e.to_string()))? else {
-            continue;
-        };
-        let meta = file.metadata().map_err(|e| unreadable(e.to_string()))?;
-        let ft = meta.file_type();
-        if std::os::unix::fs::FileTypeExt::is_char_device(&ft) {
-            // An overlay whiteout: deleted in this layer.
-            return Ok(None);
-        }
-        if !ft.is_file() {
-            return Err(unreadable("it is not a regular file".into()));
-        }
-        if meta.len() > MAX_DB_BYTES {
-            return Err(unreadable(format!(
-                "it is larger than {} MiB",
-                MAX_DB_BYTES >> 20
-            )));
-        }
-        let mut text = Vec::new();
-        file.take(MAX_DB_BYTES + 1)
-            .read_to_end(&mut text)
-            .map_err(|e| unreadable(e.to_string()))?;
-        if text.len() as u64 > MAX_DB_BYTES {
-            return Err(unreadable(format!(
-                "it is larger than {} MiB",
-                MAX_DB_BYTES >> 20
-            )));
-        }
-        return Ok(Some(String::from_utf8_lossy(&text).into_owned()));
-    }
-    Ok(None)
-}
-
-/// Open `rel` beneath `dir` without following any symlink; `None` when it
-/// (or a directory on the way) does not exist in this layer.
-fn open_beneath(dir: &Path, rel: &str) -> std::io::Result<Option<std::fs::File>> {
-    let root = std::fs::File::open(dir)?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    use std::os::fd::AsRawFd;
-    match nix::fcntl::openat2(root.as_raw_fd(), rel, how) {
-        // SAFETY: openat2 returned a new descriptor that nothing else owns.
-        Ok(fd) => Ok(Some(std::fs::File::from(unsafe {
-            OwnedFd::from_raw_fd(fd)
-        }))),
-        Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
-        Err(Errno::ELOOP) => Err(std::io::Error::other(
-            "it (or a directory on its path) is a symlink, which is not followed",
-        )),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

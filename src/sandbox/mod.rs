@@ -15,6 +15,7 @@ pub mod fork_server;
 pub mod helper;
 pub mod id_mode;
 pub mod idmap;
+pub mod image_files;
 mod keeper;
 mod netns;
 pub mod pasta;
@@ -542,8 +543,10 @@ impl Sandbox {
         let (err_r, err_w) = output_fds(&stderr)?;
         let stdout_fd = out_w.map_or_else(|| dup_high(1), Ok)?;
         let stderr_fd = err_w.map_or_else(|| dup_high(2), Ok)?;
+        let mut run_in_mode = id_mode::for_mode(run, cfg.id_mode);
+        image_files::set_home(&mut run_in_mode);
         let task = Task::Run {
-            run: Box::new(id_mode::for_mode(run, cfg.id_mode)),
+            run: Box::new(run_in_mode),
             id: rundir.id.clone(),
             rundir: rundir.path.clone(),
             scratch: rundir.scratch.clone(),
