@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::child::ChildProcess;
-use super::process::HANDED;
+use super::process::{self, Started, HANDED};
 use super::wire::Task;
 
 /// The hidden subcommand of the server.
@@ -59,6 +59,32 @@ struct Request {
     task: Task,
     /// The last fd of the request is the held user namespace.
     userns: bool,
+}
+
+/// Start the sandbox process for `task` (see `process::start`): through
+/// `server` when this process has threads and a server, else (or when the
+/// server cannot be reached, logged) as `process::start` does.
+pub(super) fn start(
+    server: Option<&ForkServer>,
+    exe: &Path,
+    task: &Task,
+    handed: &[OwnedFd; HANDED],
+    null: &OwnedFd,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<Started> {
+    if let Some(server) = server.filter(|_| !process::single_threaded()) {
+        let raw = handed.each_ref().map(|f| f.as_raw_fd());
+        match server.launch(task, raw, null.as_raw_fd(), userns) {
+            Ok(pid) => return Ok(Started::ClonedLauncher(ChildProcess::from_pid(pid))),
+            Err(LaunchError::Unavailable(why)) => {
+                tracing::warn!(
+                    "the fork server is unavailable ({why}); starting this sandbox by exec"
+                );
+            }
+            Err(LaunchError::Lost(e)) => return Err(e),
+        }
+    }
+    process::start(exe, task, handed, null, userns)
 }
 
 /// Why a launch through the server did not happen.
@@ -118,7 +144,7 @@ impl ForkServer {
     /// Have a launcher cloned for `task` with `raw` (the handed fds),
     /// `null` and `userns`; returns the launcher's pid, a child of this
     /// process.
-    pub(super) fn launch(
+    fn launch(
         &self,
         task: &Task,
         raw: [RawFd; HANDED],
@@ -312,6 +338,6 @@ fn serve(request: &Request, fds: Vec<OwnedFd>) -> io::Result<i32> {
     let raw: [RawFd; HANDED] = std::array::from_fn(|i| high[i].as_raw_fd());
     let null = high[HANDED].as_raw_fd();
     let userns = request.userns.then(|| high[HANDED + 1].as_fd());
-    let pid = super::process::clone_launcher_for_caller(&request.task, raw, null, userns)?;
+    let pid = process::clone_launcher_for_caller(&request.task, raw, null, userns)?;
     Ok(pid.as_raw())
 }

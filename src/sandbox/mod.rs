@@ -368,13 +368,13 @@ impl SandboxProcess {
         ];
         let null = dup_high(null.as_raw_fd())?;
         let userns = cfg.userns.as_deref().map(AsFd::as_fd);
-        let started = process::start(
+        let started = fork_server::start(
+            cfg.fork_server.as_deref(),
             &cfg.binary,
             task,
             &handed,
             &null,
             userns,
-            cfg.fork_server.as_deref(),
         )
         .map_err(|source| SandboxError::Spawn {
             exe: cfg.binary.clone(),

@@ -32,7 +32,6 @@ use nix::sched::CloneFlags;
 
 use super::child::ChildProcess;
 use super::clone::{clone_with, CloneResult};
-use super::fork_server::{ForkServer, LaunchError};
 use super::wire::{fds, Task};
 
 /// Where the handed fds land in the sandbox process, in order.
@@ -65,21 +64,19 @@ pub enum Started {
 /// numbered high). With `userns`, the sandbox process is made in that user
 /// namespace, always by a launcher.
 ///
-/// A caller with threads asks `server` (the fork server) for a launcher
-/// when it has one, and execs the binary as one when it has not, or when
-/// the server cannot be reached (logged).
+/// (`fork_server.rs` has the fork server start it instead, for a caller
+/// with threads that has one.)
 pub fn start(
     exe: &Path,
     task: &Task,
     handed: &[OwnedFd; HANDED],
     null: &OwnedFd,
     userns: Option<BorrowedFd<'_>>,
-    server: Option<&ForkServer>,
 ) -> io::Result<Started> {
     let raw = handed.each_ref().map(|f| f.as_raw_fd());
     let null = null.as_raw_fd();
-    match (single_threaded(), userns, server) {
-        (true, None, _) => clone_child(
+    match (single_threaded(), userns) {
+        (true, None) => clone_child(
             task,
             Becomes::SandboxProcess,
             raw,
@@ -89,7 +86,7 @@ pub fn start(
         .map(Started::Cloned),
         // A launcher cloned from this process joins the held namespace,
         // then does what the exec'd launcher does.
-        (true, Some(userns), _) => clone_child(
+        (true, Some(userns)) => clone_child(
             task,
             Becomes::Launcher(Some(userns)),
             raw,
@@ -97,17 +94,7 @@ pub fn start(
             CloneFlags::empty(),
         )
         .map(Started::ClonedLauncher),
-        (false, userns, Some(server)) => match server.launch(task, raw, null, userns) {
-            Ok(pid) => Ok(Started::ClonedLauncher(ChildProcess::from_pid(pid))),
-            Err(LaunchError::Unavailable(why)) => {
-                tracing::warn!(
-                    "the fork server is unavailable ({why}); starting this sandbox by exec"
-                );
-                exec_launcher(exe, raw, userns).map(Started::Launcher)
-            }
-            Err(LaunchError::Lost(e)) => Err(e),
-        },
-        (false, userns, None) => exec_launcher(exe, raw, userns).map(Started::Launcher),
+        (false, userns) => exec_launcher(exe, raw, userns).map(Started::Launcher),
     }
 }
 
@@ -132,7 +119,7 @@ pub(super) fn clone_launcher_for_caller(
 
 /// True when this process has exactly one thread: a copy of it may then go
 /// on running any code.
-fn single_threaded() -> bool {
+pub(super) fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
 }
 
