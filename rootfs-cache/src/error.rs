@@ -132,7 +132,7 @@ pub enum Error {
     /// to more than the store's cap ([`crate::StoreOptions::max_image_size`]);
     /// refused before any blob is fetched. Not transient: the same image
     /// stays too large.
-    #[error("{image}: the image is {} compressed (the sum of its {layers} layers in the manifest), above this worker's cap of {} (max_image_size, COMPUTE_WORKER_MAX_IMAGE_SIZE); nothing was downloaded", crate::size_cap::describe(*.size), crate::size_cap::describe(*.cap))]
+    #[error("{image}: the image is {} compressed (the sum of its {layers} layers in the manifest), above this worker's cap of {} (max_image_size, COMPUTE_WORKER_MAX_IMAGE_SIZE); nothing was downloaded", crate::size::exact_size(*.size), crate::size::exact_size(*.cap))]
     OverSizeCap {
         /// The image.
         image: String,

@@ -23,21 +23,6 @@ pub(crate) fn check(image: &str, layers: &[Descriptor], cap: Option<u64>) -> Res
     Ok(())
 }
 
-/// `bytes` for a message: exact, with a binary-unit reading when large.
-pub(crate) fn describe(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {} ({bytes} bytes)", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,7 +50,10 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("cap of 1.1 KiB (1099 bytes)"), "{msg}");
-        assert_eq!(describe(5), "5 bytes");
-        assert_eq!(describe(3 << 30), "3.0 GiB (3221225472 bytes)");
+        assert_eq!(crate::size::exact_size(5), "5 bytes");
+        assert_eq!(
+            crate::size::exact_size(3 << 30),
+            "3.0 GiB (3221225472 bytes)"
+        );
     }
 }

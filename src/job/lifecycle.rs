@@ -40,7 +40,21 @@ use crate::site::{FailureType, Status, SubmissionUpdate, UploadKind};
 
 pub use super::image::Images;
 pub use super::settings::{Settings, Worker};
-pub use super::step::{Ending, Protocol, Reporter, Slot, Step, StepReport, Uploads};
+pub use super::step::{Ending, Protocol, Reporter, Slot, Step, Uploads};
+
+/// What a step left behind.
+#[derive(Debug)]
+pub struct StepReport {
+    pub ending: Ending,
+    /// The job's root directory, when kept.
+    pub kept_root: Option<PathBuf>,
+    /// The output folder of the step (inside the kept root).
+    pub program_exit: Option<i32>,
+    /// What each program that ran used.
+    pub resources: Vec<super::resources::ResourceReport>,
+    /// Where the step's time went, from the task's receipt.
+    pub timings: super::timings::Timings,
+}
 
 /// Run one step of a task received at `received`. Never panics on bad
 /// input; every path reports.

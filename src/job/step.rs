@@ -2,7 +2,7 @@
 //! and the far side it reports to.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -207,18 +207,4 @@ impl Ending {
             Ending::Cancelled => JobOutcome::Cancelled,
         }
     }
-}
-
-/// What a step left behind.
-#[derive(Debug)]
-pub struct StepReport {
-    pub ending: Ending,
-    /// The job's root directory, when kept.
-    pub kept_root: Option<PathBuf>,
-    /// The output folder of the step (inside the kept root).
-    pub program_exit: Option<i32>,
-    /// What each program that ran used.
-    pub resources: Vec<super::resources::ResourceReport>,
-    /// Where the step's time went, from the task's receipt.
-    pub timings: super::timings::Timings,
 }
