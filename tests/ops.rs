@@ -594,7 +594,7 @@ fn setup_host_refuses_to_run_as_an_ordinary_user_except_dry_run() {
 
 #[test]
 #[ignore = "needs root"]
-fn setup_host_for_real_on_a_fresh_user_then_doctor_passes() {
+fn setup_host_for_real_on_a_fresh_user_then_doctor_passes_and_bench_startup_runs() {
     assert!(is_root(), "needs root");
     let _accounts = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let name = "cwsetup";
@@ -610,6 +610,34 @@ fn setup_host_for_real_on_a_fresh_user_then_doctor_passes() {
     let home = format!("/home/{name}");
     let doctor = doctor_as(uid, gid, &home)
         .env("COMPUTE_WORKER_CGROUP_PARENT", parent)
+        .output()
+        .unwrap();
+    // Issue 15: the startup benchmark as that ordinary user, nothing else
+    // (without podman, whose rootless pause process would outlive it and
+    // keep the account from being removed).
+    let bench = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--init-groups")
+        .arg(&env().bin)
+        .args([
+            "bench",
+            "startup",
+            "--runs",
+            "2",
+            "--phase-runs",
+            "1",
+            "--json",
+            "-",
+        ])
+        .args([
+            "--runtimes",
+            "floor,compute-worker,compute-worker-serve-path,runc",
+        ])
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env("COMPUTE_WORKER_CGROUP_PARENT", parent)
+        .env_remove("COMPUTE_WORKER_STATE_DIR")
         .output()
         .unwrap();
     let uids = subid_lines("/etc/subuid", name);
@@ -633,6 +661,18 @@ fn setup_host_for_real_on_a_fresh_user_then_doctor_passes() {
     }
     assert_writable_dirs(&r);
     assert_eq!(doctor.status.code(), Some(0));
+    let bench = Run(bench);
+    let report: serde_json::Value = serde_json::from_str(&bench.ok()).unwrap();
+    let measured: Vec<&str> = report["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for name in ["floor", "compute-worker", "compute-worker-serve-path"] {
+        assert!(measured.contains(&name), "{name}: {report:#}");
+    }
+    assert_eq!(report["leftovers"]["processes"], 0, "{report:#}");
 }
 
 /// `compute-worker [--env-file F] install-service ARGS` with its config in

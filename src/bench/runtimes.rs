@@ -333,10 +333,13 @@ fn try_podman(
             )
             .collect()
     };
+    // Rootless podman keeps a pause process holding its user namespace
+    // once it has run: it outlives the benchmark, by podman's design.
+    const PAUSE: &str = "its rootless pause process stays after the run";
     let plain = Runtime {
         name: "podman".into(),
         argv: argv(&[]),
-        note: None,
+        note: Some(PAUSE.into()),
         in_process: None,
     };
     let first = match plain.start_once() {
@@ -348,7 +351,7 @@ fn try_podman(
             name: "podman".into(),
             argv: argv(&["--runtime".into(), runc]),
             note: Some(format!(
-                "with --runtime runc: its default runtime failed ({first})"
+                "with --runtime runc: its default runtime failed ({first}); {PAUSE}"
             )),
             in_process: None,
         };
