@@ -794,3 +794,62 @@ async fn the_fork_server_holds_no_secrets_and_a_killed_one_is_replaced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Bytes waiting in the receive queue of fd 3 (the socket) of `pid`.
+fn socket_queue(pid: i32) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-x", "-p", "-n"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(&format!("pid={pid},fd=3)")))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 15: a fork server that dies with a request in hand costs no job.
+/// The server is stopped, a job's sandbox start sends it a request, the
+/// server is killed before it reads it: no launcher exists, the control
+/// socket ends, and the worker starts that sandbox by exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_server_that_dies_with_a_request_costs_no_job() {
+    let queue = unique_queue("e2e-forkserver-lost");
+    let serve = Serve::start("serve-forkserver-lost", &queue);
+    let site = FakeSite::start(522, 7).await;
+    let t = Instant::now();
+    let mut servers = fork_servers_of(serve.child.id());
+    while servers.is_empty() && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        servers = fork_servers_of(serve.child.id());
+    }
+    let server = *servers.first().expect("no fork server");
+    let pid = nix::unistd::Pid::from_raw(server);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    publish(
+        &queue,
+        &submission_only_args(&site, "fork-lost", "echo survived", 60),
+    );
+    let t = Instant::now();
+    while socket_queue(server) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no request reached the fork server\n{}",
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let st = wait_for_status(&site, &serve, "Scoring", 60).await;
+    let log = serve.log();
+    assert_eq!(
+        st.last().map(String::as_str),
+        Some("Scoring"),
+        "{st:?}\n{log}"
+    );
+    assert!(
+        log.contains("no launcher was cloned; starting this sandbox by exec"),
+        "{log}"
+    );
+    serve.stop();
+}

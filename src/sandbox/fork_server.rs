@@ -14,10 +14,12 @@
 //! answers with its pid, and closes every fd of the request.
 //!
 //! When the server cannot be reached it is started again once; when that
-//! fails too the caller execs the launcher as before (`process.rs` logs
-//! which). Only a server that dies between reading a request and answering
-//! it fails that one start: a launcher may already run with the request's
-//! fds, and a second one must not.
+//! fails too the caller execs the launcher as before (logged). A server
+//! that dies between reading a request and answering it may have cloned
+//! the launcher already: the caller then drops its own copies of the
+//! request's fds and reads the control socket, where such a launcher says
+//! `Cloned` (and the start goes on with it), or which ends when none was
+//! made (and the caller starts one by exec). No start runs twice.
 
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -81,15 +83,36 @@ pub(super) fn start(
                     "the fork server is unavailable ({why}); starting this sandbox by exec"
                 );
             }
-            Err(LaunchError::Lost(e)) => return Err(e),
+            Err(LaunchError::Lost(e)) => {
+                tracing::warn!(error = %e, "the fork server died while starting a sandbox");
+                return Ok(Started::ServerLost);
+            }
         }
     }
     process::start(exe, task, handed, null, userns)
 }
 
+/// The launcher of sandbox process `pid` that a dead server cloned: its
+/// parent, which must be this process's child (`CLONE_PARENT`).
+pub(super) fn launcher_of(pid: i32) -> Option<ChildProcess> {
+    let ppid = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let launcher = ppid(pid)?;
+    (ppid(launcher)? == std::process::id() as i32)
+        .then(|| ChildProcess::from_pid(Pid::from_raw(launcher)))
+}
+
 /// Why a launch through the server did not happen.
 #[derive(Debug)]
-pub enum LaunchError {
+enum LaunchError {
     /// No launcher was made: the caller may start one itself.
     Unavailable(String),
     /// The server died with the request: a launcher may exist.

@@ -355,58 +355,90 @@ impl SandboxProcess {
         lock: Option<&File>,
         input: Option<OwnedFd>,
     ) -> Result<SandboxProcess, SandboxError> {
-        let (ours, theirs) = UnixStream::pair()?;
-        let null = File::options().write(true).open("/dev/null")?;
-        // Duplicate every fd we hand over to a high number first, so that
-        // the dup2 calls in the child cannot clobber one another.
-        let handed: [OwnedFd; process::HANDED] = [
-            dup_high(theirs.as_raw_fd())?,
-            dup_high(stdout.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
-            dup_high(stderr.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
-            dup_high(lock.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
-            dup_high(input.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
-        ];
-        let null = dup_high(null.as_raw_fd())?;
         let userns = cfg.userns.as_deref().map(AsFd::as_fd);
-        let started = fork_server::start(
-            cfg.fork_server.as_deref(),
-            &cfg.binary,
-            task,
-            &handed,
-            &null,
-            userns,
-        )
-        .map_err(|source| SandboxError::Spawn {
-            exe: cfg.binary.clone(),
-            source,
-        })?;
-        drop((handed, null, input));
-        drop(theirs);
+        let mut server = cfg.fork_server.as_deref();
+        let (started, ours, events) = loop {
+            let (ours, theirs) = UnixStream::pair()?;
+            let null = File::options().write(true).open("/dev/null")?;
+            // Duplicate every fd we hand over to a high number first, so
+            // that the dup2 calls in the child cannot clobber one another.
+            let handed: [OwnedFd; process::HANDED] = [
+                dup_high(theirs.as_raw_fd())?,
+                dup_high(stdout.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+                dup_high(stderr.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+                dup_high(lock.map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+                dup_high(input.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd()))?,
+            ];
+            let null = dup_high(null.as_raw_fd())?;
+            let started = fork_server::start(server, &cfg.binary, task, &handed, &null, userns)
+                .map_err(|source| SandboxError::Spawn {
+                    exe: cfg.binary.clone(),
+                    source,
+                })?;
+            drop((handed, null));
+            drop(theirs);
+            let mut events = BufReader::new(ours.try_clone()?);
+            let begun = match started {
+                Started::Cloned(c) => Begun::Child(c),
+                Started::Launcher(c) => Begun::NeedsTask(c),
+                Started::ClonedLauncher(c) => Begun::Launched(c),
+                // Only a launcher the dead server cloned still holds the
+                // other end: it says `Cloned`, else the socket ends.
+                Started::ServerLost => match wire::recv(&mut events) {
+                    Ok(Some(Event::Cloned { pid })) => {
+                        tracing::warn!(
+                            pid,
+                            "going on with the launcher the dead fork server cloned"
+                        );
+                        let launcher = fork_server::launcher_of(pid).ok_or_else(|| {
+                            SandboxError::Lost(format!(
+                                "the launcher of sandbox process {pid} is gone with the fork server"
+                            ))
+                        })?;
+                        Begun::LaunchedAs(launcher, pid)
+                    }
+                    Ok(None) => {
+                        tracing::warn!("no launcher was cloned; starting this sandbox by exec");
+                        server = None;
+                        continue;
+                    }
+                    other => {
+                        return Err(SandboxError::Lost(format!(
+                            "the fork server died while starting this sandbox: {other:?}"
+                        )))
+                    }
+                },
+            };
+            break (begun, ours, events);
+        };
+        drop(input);
 
-        let (child, send_task, launched) = match started {
-            Started::Cloned(child) => (child, false, false),
-            Started::Launcher(child) => (child, true, true),
-            Started::ClonedLauncher(child) => (child, false, true),
+        let (child, send_task, cloned) = match started {
+            Begun::Child(child) => (child, false, Some(None)),
+            Begun::NeedsTask(child) => (child, true, None),
+            Begun::Launched(child) => (child, false, None),
+            Begun::LaunchedAs(child, pid) => (child, false, Some(Some(pid))),
         };
         let mut h = SandboxProcess {
             child,
-            events: BufReader::new(ours.try_clone()?),
+            events,
             control: ours,
             pid: 0,
         };
         if send_task {
             wire::send(&mut h.control, task)?;
         }
-        let pid = if launched {
-            match h.next_event() {
+        let pid = match cloned {
+            // Our child is the sandbox process itself.
+            Some(None) => h.child.id(),
+            Some(Some(pid)) => pid as u32,
+            None => match h.next_event() {
                 Ok(Event::Cloned { pid }) => pid as u32,
                 other => {
                     h.stop();
                     return Err(SandboxError::Lost(format!("unexpected {other:?}")));
                 }
-            }
-        } else {
-            h.child.id()
+            },
         };
         h.pid = pid as i32;
         if userns.is_some() {
@@ -473,6 +505,18 @@ impl SandboxProcess {
             }
         }
     }
+}
+
+/// How a sandbox process came to be, for [`SandboxProcess::spawn`].
+enum Begun {
+    /// Our child is the sandbox process.
+    Child(ChildProcess),
+    /// Our child is a launcher waiting for the task.
+    NeedsTask(ChildProcess),
+    /// Our child is a launcher that has the task and will say `Cloned`.
+    Launched(ChildProcess),
+    /// Our child is a launcher that said `Cloned` with this pid already.
+    LaunchedAs(ChildProcess, i32),
 }
 
 pub(crate) fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {

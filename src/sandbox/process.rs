@@ -56,6 +56,10 @@ pub enum Started {
     /// A launcher cloned from this process (in the held user namespace)
     /// runs it: it has the task already, and answers with the pid.
     ClonedLauncher(ChildProcess),
+    /// The fork server died with the request (`fork_server.rs`): a
+    /// launcher it cloned first answers with the pid on the control
+    /// socket; without one, the socket's other end is gone with the server.
+    ServerLost,
 }
 
 /// Start the sandbox process for `task` with `handed` (control socket,
