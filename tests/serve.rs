@@ -703,6 +703,24 @@ fn fork_servers_of(pid: u32) -> Vec<i32> {
         .collect()
 }
 
+/// The one fork server of `serve`, once it is there.
+async fn the_fork_server(serve: &Serve) -> i32 {
+    let t = Instant::now();
+    let mut servers = fork_servers_of(serve.child.id());
+    while servers.is_empty() && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        servers = fork_servers_of(serve.child.id());
+    }
+    assert_eq!(
+        servers.len(),
+        1,
+        "{:?}\n{}",
+        host_processes(""),
+        serve.log()
+    );
+    servers[0]
+}
+
 /// Issue 15: serve's sandboxes are cloned by a fork server that holds
 /// nothing of the worker's (no variable of its environment beyond a few
 /// harmless ones, so no broker password; no fd beyond stdio and its
@@ -718,20 +736,7 @@ async fn the_fork_server_holds_no_secrets_and_a_killed_one_is_replaced() {
         &[("COMPUTE_WORKER_TEST_SECRET", secret)],
     );
     let site = FakeSite::start(521, 7).await;
-    let t = Instant::now();
-    let mut servers = fork_servers_of(serve.child.id());
-    while servers.is_empty() && t.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        servers = fork_servers_of(serve.child.id());
-    }
-    assert_eq!(
-        servers.len(),
-        1,
-        "{:?}\n{}",
-        host_processes(""),
-        serve.log()
-    );
-    let server = servers[0];
+    let server = the_fork_server(&serve).await;
     let environ = fs::read(format!("/proc/{server}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains(secret), "{environ}");
@@ -817,13 +822,7 @@ async fn a_fork_server_that_dies_with_a_request_costs_no_job() {
     let queue = unique_queue("e2e-forkserver-lost");
     let serve = Serve::start("serve-forkserver-lost", &queue);
     let site = FakeSite::start(522, 7).await;
-    let t = Instant::now();
-    let mut servers = fork_servers_of(serve.child.id());
-    while servers.is_empty() && t.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        servers = fork_servers_of(serve.child.id());
-    }
-    let server = *servers.first().expect("no fork server");
+    let server = the_fork_server(&serve).await;
     let pid = nix::unistd::Pid::from_raw(server);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     publish(
