@@ -428,3 +428,36 @@ fn doctor_reports_the_network_mode_and_warns_about_host() {
     assert!(detail.contains("127.0.0.1"), "{detail}");
     assert!(fix.contains("COMPUTE_WORKER_NETWORK"), "{fix}");
 }
+
+/// A worker run by root: pasta, started as root, switches to `nobody`
+/// unless told otherwise, and `nobody` may not enter the run's user
+/// namespace (root owns it), so every job with network failed ("pasta
+/// could not connect the run's network"). The embedded demo job (whose
+/// programs get network, Codabench's default) runs as root too.
+#[test]
+#[ignore = "needs root"]
+fn a_worker_run_by_root_connects_its_runs() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: it checks a worker run by root"
+    );
+    let dir = std::env::temp_dir().join(format!("cw-root-demo-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_compute-worker"))
+        .arg("run")
+        .current_dir(&dir)
+        .env("HOME", &dir)
+        .env_remove("COMPUTE_WORKER_STATE_DIR")
+        .env_remove("COMPUTE_WORKER_NETWORK")
+        .env_remove("COMPETITION_CONTAINER_NETWORK_DISABLED")
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"accuracy\": 1.0"), "{text}");
+}

@@ -71,9 +71,14 @@ pub fn resolv_conf() -> String {
 /// pasta's arguments: join the namespaces on the supervisor's fds,
 /// configure the interface from the host's, no path to the host's
 /// loopback, no port forwarded in either direction, DNS forwarded from
-/// [`DNS_FORWARD`], in the foreground, quiet.
+/// [`DNS_FORWARD`], in the foreground, quiet. Started as root (a worker
+/// run by root), pasta would switch to `nobody`, which may not enter the
+/// run's user namespace (root owns it): it is told to stay who it is.
 pub fn pasta_args() -> Vec<String> {
     let fd = |n: i32| format!("/proc/self/fd/{n}");
+    let runas = nix::unistd::geteuid()
+        .is_root()
+        .then(|| ["--runas".to_string(), "0:0".to_string()]);
     [
         "--config-net",
         "--foreground",
@@ -100,6 +105,7 @@ pub fn pasta_args() -> Vec<String> {
         "--pid".into(),
         fd(fds::READY),
     ])
+    .chain(runas.into_iter().flatten())
     .collect()
 }
 
