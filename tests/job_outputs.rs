@@ -10,19 +10,19 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sandbox_env::{chown_tree, env, user_dir, Run};
+use sandbox_env::{chown_tree, env, user_dir, user_files, Run};
 
-/// Write `files` (path, text) under a fresh directory `name`.
-fn bundles(name: &str, files: &[(&str, String)]) -> PathBuf {
-    let e = env();
-    let dir = user_dir(name, 0o755);
-    for (path, text) in files {
-        let p = dir.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, text).unwrap();
-    }
-    chown_tree(&dir, e.uid, e.gid);
-    dir
+/// The job failed (exit 1) and its stderr names `what` (the cap's setting).
+#[track_caller]
+fn assert_fails_naming(r: &Run, what: &str) {
+    assert_eq!(
+        r.code(),
+        1,
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    assert!(r.stderr().contains(what), "{}", r.stderr());
 }
 
 /// `compute-worker run` with the busybox rootfs, the submission, and a
@@ -98,7 +98,7 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 
 /// A result submission: its files are the predictions.
 fn result_submission(name: &str) -> PathBuf {
-    bundles(name, &[("predictions.txt", "1\n".into())])
+    user_files(name, &[("predictions.txt", "1\n".into())])
 }
 
 /// Hole 0: a scoring program links `scores.txt` to the worker's `.env`,
@@ -119,7 +119,7 @@ fn links_in_the_output_are_not_followed() {
          ln -s / /app/output/root\n",
         secret = secret.display()
     );
-    let scoring = bundles(
+    let scoring = user_files(
         "links-not-followed-scoring",
         &[
             (
@@ -165,7 +165,7 @@ fn links_in_the_output_are_not_followed() {
 fn a_dangling_metadata_link_creates_nothing() {
     let dir = user_dir("dangling-metadata", 0o777);
     let target = dir.join("created-by-the-worker");
-    let submission = bundles(
+    let submission = user_files(
         "dangling-metadata-submission",
         &[
             ("metadata.yaml", "command: sh /app/program/p.sh\n".into()),
@@ -176,18 +176,7 @@ fn a_dangling_metadata_link_creates_nothing() {
         ],
     );
     let r = run_job(&dir, &submission, None, &[]);
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("already contains a metadata file"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "already contains a metadata file");
     assert!(
         fs::symlink_metadata(&target).is_err(),
         "the worker created {}",
@@ -221,18 +210,7 @@ fn a_chain_of_links_in_a_bundle_cannot_climb_out() {
         w.add_symlink("x", "s/s/../..", deflated()).unwrap();
     });
     let r = run_job(&dir, &z, None, &[]);
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("zip symlink `x` points outside"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "zip symlink `x` points outside");
 }
 
 /// Hole 8: a small zip holding a huge `metadata.yaml` fails the job with
@@ -251,18 +229,7 @@ fn a_huge_metadata_file_fails_the_job_naming_the_cap() {
     });
     assert!(fs::metadata(&z).unwrap().len() < 1 << 20);
     let r = run_job(&dir, &z, None, &[]);
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("COMPUTE_WORKER_PARSED_FILE_MAX"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "COMPUTE_WORKER_PARSED_FILE_MAX");
 }
 
 /// Hole 8: a bundle that unpacks past the size cap, or holds more entries
@@ -276,18 +243,7 @@ fn bundles_are_bounded_in_size_and_entries() {
         w.write_all(&vec![0u8; 3 << 20]).unwrap();
     });
     let r = run_job(&dir, &z, None, &[("COMPUTE_WORKER_BUNDLE_MAX", "1m")]);
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("COMPUTE_WORKER_BUNDLE_MAX"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "COMPUTE_WORKER_BUNDLE_MAX");
     let z = dir.join("many.zip");
     zip_file(&z, |w| {
         for i in 0..20 {
@@ -300,18 +256,7 @@ fn bundles_are_bounded_in_size_and_entries() {
         None,
         &[("COMPUTE_WORKER_BUNDLE_MAX_ENTRIES", "10")],
     );
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("COMPUTE_WORKER_BUNDLE_MAX_ENTRIES"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "COMPUTE_WORKER_BUNDLE_MAX_ENTRIES");
 }
 
 /// Hole 8: a scoring program that writes a huge `scores.json` fails the
@@ -320,7 +265,7 @@ fn bundles_are_bounded_in_size_and_entries() {
 fn huge_scores_fail_the_job_naming_the_cap() {
     let dir = user_dir("huge-scores", 0o755);
     let submission = result_submission("huge-scores-submission");
-    let scoring = bundles(
+    let scoring = user_files(
         "huge-scores-scoring",
         &[
             (
@@ -339,23 +284,12 @@ fn huge_scores_fail_the_job_naming_the_cap() {
         Some(&scoring),
         &[("COMPUTE_WORKER_PARSED_FILE_MAX", "1m")],
     );
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("COMPUTE_WORKER_PARSED_FILE_MAX"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "COMPUTE_WORKER_PARSED_FILE_MAX");
 }
 
 /// A submission that runs `script` (busybox sh).
 fn script_submission(name: &str, script: &str) -> PathBuf {
-    bundles(
+    user_files(
         name,
         &[
             (
@@ -458,18 +392,7 @@ fn a_fork_bomb_stops_at_the_job() {
         "the job took {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        r.code(),
-        1,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stderr().contains("Execution Time Limit exceeded"),
-        "{}",
-        r.stderr()
-    );
+    assert_fails_naming(&r, "Execution Time Limit exceeded");
     // The host still starts processes, as the test user too.
     let again = env().sh("echo alive");
     again.ok();

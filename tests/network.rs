@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sandbox_env::{chown_tree, env, user_dir, wait_for_process, Run};
+use sandbox_env::{env, user_dir, user_files, wait_for_process, Run};
 
 /// What each listener answers, so that a job's report says who it reached.
 const TEST_HOST_TOKEN: &str = "reached-the-test-host-7d41";
@@ -135,21 +135,11 @@ fn loopback_listener() -> u16 {
     })
 }
 
-/// Bundle directories the test user owns.
-fn bundle(name: &str, files: &[(&str, String)]) -> PathBuf {
-    let dir = user_dir(name, 0o755);
-    for (path, text) in files {
-        fs::write(dir.join(path), text).unwrap();
-    }
-    chown_tree(&dir, env().uid, env().gid);
-    dir
-}
-
 /// `compute-worker run` of a submission running `script`, with the
 /// network settings of a default job (network allowed, no --network).
 fn run_job(name: &str, script: &str) -> (Run, PathBuf) {
     let dir = user_dir(name, 0o755);
-    let submission = bundle(
+    let submission = user_files(
         &format!("{name}-submission"),
         &[
             (

@@ -9,7 +9,6 @@ mod sandbox_env;
 mod support;
 
 use std::fs;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e::*;
@@ -65,53 +64,8 @@ fn exec_starts_the_program_with_default_signals_and_only_stdio() {
 
 #[test]
 fn run_starts_both_programs_with_default_signals_and_only_stdio() {
-    let e = env();
-    let dir = user_dir("proc-start-run", 0o755);
-    let files = [
-        (
-            "ingestion/metadata.yaml",
-            "command: sh $ingestion_program/ingest.sh $output\n".to_string(),
-        ),
-        (
-            "ingestion/ingest.sh",
-            format!("{PROBE}\necho 1 > \"$1/predictions.txt\"\n"),
-        ),
-        ("submission/predict.sh", "echo 1\n".to_string()),
-        (
-            "scoring/metadata.yaml",
-            "command: sh /app/program/score.sh /app/output\n".to_string(),
-        ),
-        (
-            "scoring/score.sh",
-            format!("{PROBE}\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
-        ),
-    ];
-    for (path, text) in &files {
-        let p = dir.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, text).unwrap();
-    }
-    sandbox_env::chown_tree(&dir, e.uid, e.gid);
-    let arg = |p: &str| dir.join(p).to_string_lossy().into_owned();
-    let rootfs = e.rootfs.to_string_lossy().into_owned();
-    let mut cmd = e.command(&[
-        "run",
-        "--rootfs",
-        &rootfs,
-        "--submission",
-        &arg("submission"),
-        "--ingestion-program",
-        &arg("ingestion"),
-        "--scoring-program",
-        &arg("scoring"),
-        "--results",
-        &arg("results"),
-        "--network",
-        "none",
-        "--time-limit",
-        "30",
-    ]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (mut cmd, dir) =
+        sandbox_env::local_run("proc-start-run", PROBE, PROBE, &["--time-limit", "30"]);
     let r = sandbox_env::Run(cmd.output().unwrap());
     for log in ["prediction/ingestion_stdout.txt", "scoring/stdout.txt"] {
         let text = fs::read_to_string(dir.join("results").join(log)).unwrap_or_default();

@@ -681,55 +681,16 @@ fn seccomp_refuses_new_namespaces_and_keyrings() {
 /// afterwards.
 #[test]
 fn a_local_job_runs_its_steps_in_one_held_user_namespace() {
-    let e = env();
-    let dir = user_dir("held-userns-job", 0o755);
     let report = "id -u; cat /proc/self/uid_map";
-    let files = [
-        (
-            "ingestion/metadata.yaml",
-            "command: sh $ingestion_program/ingest.sh $output\n".to_string(),
-        ),
-        (
-            "ingestion/ingest.sh",
-            format!("{report}\nsleep 1.4293\necho 1 > \"$1/predictions.txt\"\n"),
-        ),
-        ("submission/predict.sh", "echo 1\n".to_string()),
-        (
-            "scoring/metadata.yaml",
-            "command: sh /app/program/score.sh /app/output\n".to_string(),
-        ),
-        (
-            "scoring/score.sh",
-            format!("{report}\nsleep 1.4294\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
-        ),
-    ];
-    for (path, text) in &files {
-        let p = dir.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, text).unwrap();
-    }
-    sandbox_env::chown_tree(&dir, e.uid, e.gid);
-    let arg = |p: &str| dir.join(p).to_string_lossy().into_owned();
-    let rootfs = e.rootfs.to_string_lossy().into_owned();
+    let e = env();
+    let (mut cmd, dir) = sandbox_env::local_run(
+        "held-userns-job",
+        &format!("{report}\nsleep 1.4293"),
+        &format!("{report}\nsleep 1.4294"),
+        &[],
+    );
     let state = user_dir("held-userns-state", 0o755);
-    let mut cmd = e.command(&[
-        "run",
-        "--rootfs",
-        &rootfs,
-        "--submission",
-        &arg("submission"),
-        "--ingestion-program",
-        &arg("ingestion"),
-        "--scoring-program",
-        &arg("scoring"),
-        "--results",
-        &arg("results"),
-        "--network",
-        "none",
-    ]);
-    cmd.env("COMPUTE_WORKER_STATE_DIR", &state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.env("COMPUTE_WORKER_STATE_DIR", &state);
     let worker = cmd.spawn().unwrap();
     // setpriv execs the worker: the same pid.
     let held_by_worker = |ns: &str| {

@@ -183,6 +183,73 @@ pub fn user_dir(name: &str, mode: u32) -> PathBuf {
     env().dir(name, mode)
 }
 
+/// `compute-worker run` of a local competition written under the test
+/// user's directory `name`: an ingestion program that runs the shell
+/// lines `ingest`, then writes the predictions; a submission; a scoring
+/// program that runs `score`, then writes `scores.json`. Busybox rootfs,
+/// `--network none`, results in `<dir>/results`, then `extra` arguments.
+pub fn local_run(name: &str, ingest: &str, score: &str, extra: &[&str]) -> (Command, PathBuf) {
+    let dir = user_files(
+        name,
+        &[
+            (
+                "ingestion/metadata.yaml",
+                "command: sh $ingestion_program/ingest.sh $output\n".to_string(),
+            ),
+            (
+                "ingestion/ingest.sh",
+                format!("{ingest}\necho 1 > \"$1/predictions.txt\"\n"),
+            ),
+            ("submission/predict.sh", "echo 1\n".to_string()),
+            (
+                "scoring/metadata.yaml",
+                "command: sh /app/program/score.sh /app/output\n".to_string(),
+            ),
+            (
+                "scoring/score.sh",
+                format!("{score}\necho '{{\"score\": 1}}' > \"$1/scores.json\"\n"),
+            ),
+        ],
+    );
+    let arg = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let e = env();
+    let rootfs = e.rootfs.to_string_lossy().into_owned();
+    let mut args = vec![
+        "run".to_string(),
+        "--rootfs".into(),
+        rootfs,
+        "--submission".into(),
+        arg("submission"),
+        "--ingestion-program".into(),
+        arg("ingestion"),
+        "--scoring-program".into(),
+        arg("scoring"),
+        "--results".into(),
+        arg("results"),
+        "--network".into(),
+        "none".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = e.command(&args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    (cmd, dir)
+}
+
+/// `files` (relative path, text) written under the test user's directory
+/// `name`, all owned by that user.
+pub fn user_files(name: &str, files: &[(&str, String)]) -> PathBuf {
+    let e = env();
+    let dir = user_dir(name, 0o755);
+    for (path, text) in files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+    }
+    chown_tree(&dir, e.uid, e.gid);
+    dir
+}
+
 impl Env {
     /// A directory owned by this user (mode `mode`) under its work dir.
     pub fn dir(&self, name: &str, mode: u32) -> PathBuf {
