@@ -12,15 +12,14 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
 
 use crate::bounds::{copy_sparse, UnpackBounds};
 use crate::error::{Error, Result};
 
 mod inflate;
 
+use inflate::CHUNK;
 pub use inflate::{detect_compression, Compression};
-use inflate::{inflate, Chunk, ChunkReader, CHUNK, CHUNKS_IN_FLIGHT};
 
 /// What to do about file owners recorded in the layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -640,30 +639,7 @@ pub fn unpack_layer_from(
         .mode(0o755)
         .create(dest)
         .map_err(archive_err)?;
-    let (chunk_tx, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-    let (empty_tx, empty_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT + 1);
-    // Not scoped: when the writer fails, this thread may be blocked reading a
-    // pipe; it ends at its next read (nobody takes its chunks any more) or at
-    // the end of the input, and holds nothing but the input.
-    let inflater = std::thread::Builder::new()
-        .name("layer-inflate".into())
-        .spawn(move || {
-            let r = inflate(input, &chunk_tx, &empty_rx);
-            if let Err(e) = &r {
-                let _ = chunk_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-            }
-            r
-        })
-        .map_err(archive_err)?;
-    let reader = ChunkReader {
-        chunks: chunk_rx,
-        empties: empty_tx,
-        cur: Chunk {
-            buf: Vec::new(),
-            len: 0,
-        },
-        pos: 0,
-    };
+    let (reader, inflater) = inflate::spawn(input).map_err(archive_err)?;
     let mut archive = tar::Archive::new(reader);
     let mut ctx = Ctx {
         dest,

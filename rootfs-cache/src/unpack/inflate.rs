@@ -33,21 +33,54 @@ pub fn detect_compression(head: &[u8]) -> Compression {
 /// hands to the writer, and of the writer's copy buffer.
 pub(super) const CHUNK: usize = 1 << 20;
 /// Pieces in flight between the two threads.
-pub(super) const CHUNKS_IN_FLIGHT: usize = 4;
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// A piece of the uncompressed tar stream: `buf[..len]`.
-pub(super) struct Chunk {
-    pub(super) buf: Vec<u8>,
-    pub(super) len: usize,
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
 }
 
 /// The writer's end of the inflate thread: reads the uncompressed tar stream
 /// and hands emptied buffers back for reuse.
 pub(super) struct ChunkReader {
-    pub(super) chunks: mpsc::Receiver<io::Result<Chunk>>,
-    pub(super) empties: mpsc::SyncSender<Vec<u8>>,
-    pub(super) cur: Chunk,
-    pub(super) pos: usize,
+    chunks: mpsc::Receiver<io::Result<Chunk>>,
+    empties: mpsc::SyncSender<Vec<u8>>,
+    cur: Chunk,
+    pos: usize,
+}
+
+/// Start the inflate thread on `input`: the writer reads the uncompressed
+/// tar stream from the returned reader (an inflate error arrives there as
+/// a read error), and the thread's result is the diff id.
+///
+/// Not scoped: when the writer fails, the thread may be blocked reading a
+/// pipe; it ends at its next read (nobody takes its chunks any more) or at
+/// the end of the input, and holds nothing but the input.
+pub(super) fn spawn(
+    input: impl Read + Send + 'static,
+) -> io::Result<(ChunkReader, std::thread::JoinHandle<io::Result<String>>)> {
+    let (chunk_tx, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (empty_tx, empty_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT + 1);
+    let thread = std::thread::Builder::new()
+        .name("layer-inflate".into())
+        .spawn(move || {
+            let r = inflate(input, &chunk_tx, &empty_rx);
+            if let Err(e) = &r {
+                let _ = chunk_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            r
+        })?;
+    let reader = ChunkReader {
+        chunks: chunk_rx,
+        empties: empty_tx,
+        cur: Chunk {
+            buf: Vec::new(),
+            len: 0,
+        },
+        pos: 0,
+    };
+    Ok((reader, thread))
 }
 
 impl Read for ChunkReader {
@@ -74,7 +107,7 @@ impl Read for ChunkReader {
 /// Read all of `input`, decompress it (format detected from the content),
 /// hash the uncompressed stream and send it to the writer in [`Chunk`]s.
 /// Returns the diff id. Stops early (with `Ok`) when the writer has gone.
-pub(super) fn inflate(
+fn inflate(
     input: impl Read,
     chunks: &mpsc::SyncSender<io::Result<Chunk>>,
     empties: &mpsc::Receiver<Vec<u8>>,
@@ -134,27 +167,10 @@ mod tests {
         g.finish().unwrap()
     }
 
-    /// Run `inflate` on `blob` in a thread, as `unpack_layer_from` does, and
-    /// read everything back through a `ChunkReader`.
+    /// Run the inflate thread on `blob`, as `unpack_layer_from` does, and
+    /// read everything back through its `ChunkReader`.
     fn through(blob: Vec<u8>) -> (io::Result<Vec<u8>>, io::Result<String>) {
-        let (chunk_tx, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-        let (empty_tx, empty_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT + 1);
-        let t = std::thread::spawn(move || {
-            let r = inflate(&blob[..], &chunk_tx, &empty_rx);
-            if let Err(e) = &r {
-                let _ = chunk_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-            }
-            r
-        });
-        let mut reader = ChunkReader {
-            chunks: chunk_rx,
-            empties: empty_tx,
-            cur: Chunk {
-                buf: Vec::new(),
-                len: 0,
-            },
-            pos: 0,
-        };
+        let (mut reader, t) = spawn(io::Cursor::new(blob)).unwrap();
         let mut out = Vec::new();
         let read = reader.read_to_end(&mut out).map(|_| out);
         (read, t.join().unwrap())
