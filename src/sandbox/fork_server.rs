@@ -56,10 +56,18 @@ const ENV_KEPT: [&str; 6] = [
     "TZ",
 ];
 
-#[derive(Serialize, Deserialize)]
+/// A request as the server reads it.
+#[derive(Deserialize)]
 struct Request {
     task: Task,
     /// The last fd of the request is the held user namespace.
+    userns: bool,
+}
+
+/// A request as the caller writes it (the task borrowed, not copied).
+#[derive(Serialize)]
+struct RequestRef<'a> {
+    task: &'a Task,
     userns: bool,
 }
 
@@ -174,8 +182,8 @@ impl ForkServer {
         null: RawFd,
         userns: Option<BorrowedFd<'_>>,
     ) -> Result<Pid, LaunchError> {
-        let payload = serde_json::to_vec(&Request {
-            task: task.clone(),
+        let payload = serde_json::to_vec(&RequestRef {
+            task,
             userns: userns.is_some(),
         })
         .map_err(|e| LaunchError::Unavailable(e.to_string()))?;
