@@ -4,9 +4,12 @@
 //! (`--network none --rootfs`). Each one is tried once before the rounds;
 //! one that is missing or fails that trial is skipped, with the reason.
 
-use std::io::Read;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +19,9 @@ use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, RootBuilder, 
 use serde::{Deserialize, Serialize};
 
 use super::program::PATH_IN_ROOTFS;
-use crate::sandbox::{Output, RunSpec, Sandbox, SandboxConfig};
+use crate::sandbox::{pidfd_open, Output, RunSpec, Sandbox, SandboxConfig};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::Pid;
 
 /// The OCI runtimes looked for on `$PATH`, in the order reported.
 pub const OCI_RUNTIMES: [&str; 3] = ["runc", "crun", "youki"];
@@ -90,10 +95,7 @@ impl Runtime {
         );
         let mut argv = self.argv.iter().map(|a| a.replace("{id}", &id));
         let mut cmd = Command::new(argv.next().unwrap_or_default());
-        cmd.args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null());
         cmd
     }
 
@@ -119,33 +121,25 @@ fn start_in_process(p: &InProcess) -> Result<Duration, String> {
 }
 
 /// Run `cmd` to its end (killed after [`START_TIMEOUT`]): its wall time, or
-/// how it failed with the last line of its stderr.
+/// how it failed with the last line of its stderr. The stderr goes to an
+/// unnamed file read once the command has ended, and the end is waited for
+/// on a pidfd: nothing of the benchmark runs beside a start while it is
+/// timed.
 pub fn time_command(mut cmd: Command) -> Result<Duration, String> {
+    let mut stderr = unnamed_file().map_err(|e| format!("cannot make its stderr file: {e}"))?;
+    cmd.stderr(
+        stderr
+            .try_clone()
+            .map_err(|e| format!("cannot make its stderr file: {e}"))?,
+    );
     let began = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("cannot start it: {e}"))?;
-    let mut stderr = child.stderr.take();
-    // Drained by a thread: a chatty failure must not block on a full pipe.
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.take(64 * 1024).read_to_string(&mut text);
-        }
-        text
-    });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if began.elapsed() > START_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("no exit within {}s", START_TIMEOUT.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_micros(200)),
-            Err(e) => break Err(format!("cannot wait for it: {e}")),
-        }
-    };
+    drop(cmd);
+    let status = wait_at_most(&mut child, START_TIMEOUT);
     let elapsed = began.elapsed();
-    let text = reader.join().unwrap_or_default();
+    let mut text = String::new();
+    let _ = stderr.seek(SeekFrom::Start(0));
+    let _ = stderr.take(64 * 1024).read_to_string(&mut text);
     let last = text
         .lines()
         .rev()
@@ -162,6 +156,41 @@ pub fn time_command(mut cmd: Command) -> Result<Duration, String> {
         }),
         Err(e) => Err(e),
     }
+}
+
+/// An unnamed file in the temp directory (gone when closed).
+fn unnamed_file() -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(std::env::temp_dir())
+}
+
+/// The child's exit status, or an error once `limit` has passed (the child
+/// is then killed and reaped).
+fn wait_at_most(child: &mut Child, limit: Duration) -> Result<ExitStatus, String> {
+    let pidfd = pidfd_open(Pid::from_raw(child.id() as i32))
+        .map_err(|e| format!("cannot wait for it: {e:#}"))?;
+    let timeout = PollTimeout::try_from(limit.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    let ended = loop {
+        match poll(
+            &mut [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)],
+            timeout,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => break Err(format!("cannot wait for it: {e}")),
+            Ok(n) => break Ok(n > 0),
+        }
+    };
+    if !ended? {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("no exit within {}s", limit.as_secs()));
+    }
+    child.wait().map_err(|e| format!("cannot wait for it: {e}"))
 }
 
 /// Find, set up and try every runtime of `wanted` (all known ones when

@@ -48,6 +48,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 
 pub use cgroup::Delegation;
+pub use child::pidfd_open;
 pub use id_mode::{IdMode, IdModeSetting};
 pub use idmap::IdMaps;
 pub use types::{exit_code, Bind, Limits, Network, Outcome, RunSpec};
