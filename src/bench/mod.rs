@@ -88,6 +88,12 @@ pub fn startup(
     // as when the user runs it.
     let exec_args = ["--state-dir".to_string(), work.state.display().to_string()];
 
+    // The in-process runtime starts sandboxes as serve's job runner does,
+    // from a process with threads (through the fork server), its trial
+    // start included: keep one from here on.
+    let _thread = std::thread::spawn(|| loop {
+        std::thread::park();
+    });
     progress("trying each runtime once");
     let (runtimes, mut skipped) = runtimes::discover(
         work,
@@ -96,11 +102,6 @@ pub fn startup(
         library(&work.state),
         &opts.runtimes,
     )?;
-    // The in-process runtime starts sandboxes as serve's job runner does,
-    // from a process with threads (through the fork server): keep one.
-    let _thread = std::thread::spawn(|| loop {
-        std::thread::park();
-    });
     if runtimes.is_empty() {
         bail!("no runtime to measure: {}", describe(&skipped));
     }
